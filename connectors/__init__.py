@@ -1,0 +1,1 @@
+"""Sources: Alpaca bars (websocket), backfill (REST), RSS, replay."""

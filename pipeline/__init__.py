@@ -1,0 +1,1 @@
+"""The shell: settings, Kafka client factory, embedded services, CLI."""

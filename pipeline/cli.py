@@ -1,0 +1,261 @@
+"""The `ops-pipeline` command: settings are built here, once, and passed down."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.settings import Settings, redact_url
+
+app = typer.Typer(
+    name="ops-pipeline",
+    help="Event-streaming trading pipeline on a Kafka-compatible broker.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="List, create and describe the contract topics.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Overrides PIPELINE_DATA_DIR.", show_default=False)
+    ] = None,
+) -> None:
+    from pipeline import logs
+
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["pipeline_data_dir"] = data_dir
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    logs.configure(settings.log_level, settings.log_json)
+    ctx.obj = settings
+
+
+def _endpoints(settings: Settings, **kwargs: Any) -> Any:
+    from pipeline import runtime
+
+    try:
+        return runtime.resolve(settings, **kwargs)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _admin(settings: Settings, bootstrap: str) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    from pipeline.kafka import admin_config
+
+    return AdminClient(admin_config(settings, bootstrap))
+
+
+def provision(settings: Settings, bootstrap: str, database_url: str) -> tuple[list[str], list[str]]:
+    """Create missing contract topics and apply pending migrations; returns what was done."""
+    from db import migrate
+    from pipeline.admin import create_topics
+
+    created = create_topics(_admin(settings, bootstrap), prefix=settings.pipeline_topic_prefix)
+    applied = migrate.apply(database_url)
+    return created, [f"{m.version:04d}_{m.name}" for m in applied]
+
+
+def _print_services(state_bootstrap: str, database_url: str, settings: Settings, title: str) -> None:
+    table = Table(title=title, show_header=True)
+    table.add_column("service")
+    table.add_column("address")
+    table.add_column("source")
+    table.add_row(
+        "Kafka broker",
+        state_bootstrap,
+        "KAFKA_BOOTSTRAP_SERVERS" if settings.kafka_bootstrap_servers else "embedded Tansu",
+    )
+    table.add_row(
+        "PostgreSQL",
+        redact_url(database_url),
+        "DATABASE_URL" if settings.database_url else "embedded PostgreSQL",
+    )
+    table.add_row(
+        "Schema registry",
+        settings.schema_registry_url or "(none: Avro with schema headers)",
+        "SCHEMA_REGISTRY_URL" if settings.schema_registry_url else "",
+    )
+    console.print(table)
+
+
+def _wait_for_signal() -> int:
+    """Block until SIGINT or SIGTERM; returns the signal number."""
+    got: list[int] = []
+    done = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        got.append(signum)
+        done.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return got[0]
+
+
+@app.command()
+def up(ctx: typer.Context) -> None:
+    """Start the embedded broker and PostgreSQL (unless configured), provision them, and wait."""
+    from pipeline.embedded import EmbeddedServices
+
+    settings = _settings(ctx)
+    services = EmbeddedServices(
+        settings.pipeline_data_dir,
+        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+    )
+    try:
+        services.start()
+    except PipelineError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    try:
+        created, applied = provision(
+            settings, services.kafka_bootstrap_servers, services.database_url
+        )
+        _print_services(services.kafka_bootstrap_servers, services.database_url, settings, "ops-pipeline up")
+        console.print(f"topics created: {len(created)}; migrations applied: {len(applied)}")
+        console.print(f"state: {services.data_dir / 'state.json'} — Ctrl-C to stop")
+        sys.stdout.flush()
+        signum = _wait_for_signal()
+        console.print(f"{signal.Signals(signum).name}: stopping the embedded services")
+    finally:
+        services.stop()
+    console.print("stopped")
+
+
+@topics_app.command("list")
+def topics_list(ctx: typer.Context) -> None:
+    """Every topic on the broker, with partitions, marking the contract ones."""
+    from pipeline.admin import list_topics
+    from schemas.topics import ALL_TOPICS
+
+    settings = _settings(ctx)
+    ep = _endpoints(settings, need_db=False)
+    found = list_topics(_admin(settings, ep.kafka_bootstrap_servers))
+    contract = {settings.pipeline_topic_prefix + t.name: t for t in ALL_TOPICS}
+    table = Table(title=f"topics on {ep.kafka_bootstrap_servers}")
+    for col in ("topic", "partitions", "record", "key"):
+        table.add_column(col)
+    for name, parts in found.items():
+        spec = contract.get(name)
+        table.add_row(name, str(parts), spec.record.__name__ if spec else "", spec.key if spec else "")
+    console.print(table)
+    missing = sorted(set(contract) - set(found))
+    if missing:
+        console.print(f"[yellow]missing contract topics:[/yellow] {', '.join(missing)}")
+        raise typer.Exit(1)
+
+
+@topics_app.command("create")
+def topics_create(ctx: typer.Context) -> None:
+    """Create every contract topic (and its .dlq) that does not exist yet."""
+    from pipeline.admin import create_topics
+
+    settings = _settings(ctx)
+    ep = _endpoints(settings, need_db=False)
+    created = create_topics(_admin(settings, ep.kafka_bootstrap_servers), prefix=settings.pipeline_topic_prefix)
+    console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
+
+
+@topics_app.command("describe")
+def topics_describe(
+    ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(help="Topics; default: the contract.")] = None,
+) -> None:
+    """Partitions and configs of topics."""
+    from pipeline.admin import describe_topics
+    from schemas.topics import ALL_TOPICS
+
+    settings = _settings(ctx)
+    ep = _endpoints(settings, need_db=False)
+    wanted = names or [settings.pipeline_topic_prefix + t.name for t in ALL_TOPICS]
+    try:
+        infos = describe_topics(_admin(settings, ep.kafka_bootstrap_servers), wanted)
+    except PipelineError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    table = Table()
+    for col in ("topic", "partitions", "retention.ms", "cleanup.policy"):
+        table.add_column(col)
+    for info in infos:
+        table.add_row(
+            info.name,
+            str(info.partitions),
+            info.config.get("retention.ms", "?"),
+            info.config.get("cleanup.policy", "?"),
+        )
+    console.print(table)
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Apply pending database migrations (idempotent)."""
+    from db import migrate as m
+
+    settings = _settings(ctx)
+    ep = _endpoints(settings, need_kafka=False)
+    applied = m.apply(ep.database_url)
+    if not applied:
+        console.print("migrations: nothing to do (database is up to date)")
+    for mig in applied:
+        console.print(f"applied {mig.version:04d}_{mig.name}")
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """Bring up broker and PostgreSQL, provision them, check a round trip, and stop."""
+    from pipeline.demo import run_demo
+
+    settings = _settings(ctx)
+    try:
+        code = run_demo(settings, console)
+    except PipelineError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The typed adapter around confluent-kafka: produce records, and read a topic to its end.
+
+Everything outside this module sees records and TopicSpecs, never raw librdkafka calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from pipeline.errors import DecodeError, PipelineError
+from pipeline.kafka import consumer_config, producer_config
+from pipeline.settings import Settings
+from schemas.codec import Codec, decode
+from schemas.records import DeadLetter, Record
+from schemas.topics import TopicSpec
+
+
+class DeliveryError(PipelineError):
+    """The broker did not acknowledge a produced message."""
+
+
+class RecordProducer:
+    """Produces contract records with the codec; idempotent and acks=all (see kafka.py)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        codec: Codec,
+        *,
+        prefix: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.codec = codec
+        self.prefix = settings.pipeline_topic_prefix if prefix is None else prefix
+        self._errors: list[str] = []
+        self._producer = Producer(producer_config(settings, bootstrap, **overrides))
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}: {err}")
+
+    def send(self, spec: TopicSpec, record: Record, *, key: str | None = None) -> None:
+        topic = self.prefix + spec.name
+        value, headers = self.codec.encode(topic, record)
+        self._produce(topic, (key if key is not None else record.key()).encode(), value, headers)
+
+    def send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        self._produce(topic, key, value, list(headers))
+
+    def send_dlq(self, spec: TopicSpec, letter: DeadLetter) -> None:
+        topic = self.prefix + spec.dlq.name
+        value, headers = self.codec.encode(topic, letter)
+        self._produce(topic, letter.original_key, value, headers)
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise DeliveryError(f"{remaining} message(s) not delivered within {timeout}s")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise DeliveryError(f"{len(errors)} message(s) failed: {errors[:3]}")
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> RecordProducer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    """One raw message as read from the broker."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+    @property
+    def timestamp(self) -> datetime:
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+
+
+def read_to_end(
+    settings: Settings,
+    bootstrap: str,
+    topic: str,
+    *,
+    quiet_s: float = 1.0,
+    timeout_s: float = 120.0,
+    limit: int | None = None,
+) -> Iterator[Consumed]:
+    """Every message of a topic from the beginning to its end as of now, without a group commit.
+
+    The reported high watermark is a lower bound on some brokers (Tansu reports the base offset of
+    the last batch), so after reaching it we keep reading until nothing arrives for `quiet_s`.
+    """
+    conf = consumer_config(
+        settings,
+        bootstrap,
+        group_id=f"ops-pipeline-reader-{time.monotonic_ns()}",
+        **{"enable.partition.eof": True, "fetch.queue.backoff.ms": 10},
+    )
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(topic, timeout=15)
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None:
+            raise PipelineError(f"no such topic {topic!r}")
+        parts = [TopicPartition(topic, p, 0) for p in sorted(tmeta.partitions)]
+        consumer.assign(parts)
+        ends = {}
+        for tp in parts:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=15)
+            ends[tp.partition] = high
+        reached = {p for p, high in ends.items() if high <= 0}
+        deadline = time.monotonic() + timeout_s
+        last_msg = time.monotonic()
+        count = 0
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            now = time.monotonic()
+            if msg is None:
+                if len(reached) == len(ends) and now - last_msg >= quiet_s:
+                    return
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    reached.add(msg.partition())
+                    continue
+                raise PipelineError(f"reading {topic}: {err}")
+            last_msg = now
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                reached.add(msg.partition())
+            yield Consumed(
+                topic=topic,
+                partition=msg.partition(),
+                offset=msg.offset(),
+                timestamp_ms=msg.timestamp()[1],
+                key=msg.key(),
+                value=msg.value(),
+                headers=list(msg.headers() or []),
+            )
+            count += 1
+            if limit is not None and count >= limit:
+                return
+        raise PipelineError(f"reading {topic}: not at its end after {timeout_s}s")
+    finally:
+        consumer.close()
+
+
+def read_records(
+    settings: Settings,
+    bootstrap: str,
+    codec: Codec,
+    spec: TopicSpec,
+    *,
+    prefix: str | None = None,
+    **kwargs: Any,
+) -> list[tuple[Consumed, Record | DecodeError]]:
+    """A bounded read of one contract topic, decoded; undecodable messages come back as errors."""
+    topic = (settings.pipeline_topic_prefix if prefix is None else prefix) + spec.name
+    out: list[tuple[Consumed, Record | DecodeError]] = []
+    for m in read_to_end(settings, bootstrap, topic, **kwargs):
+        try:
+            rec: Record | DecodeError = decode(
+                codec, spec.record, m.value, m.headers, topic=topic, partition=m.partition, offset=m.offset
+            )
+        except DecodeError as exc:
+            rec = exc
+        out.append((m, rec))
+    return out

@@ -1,0 +1,120 @@
+"""One frozen settings object, built once at the edge from the environment (and `.env`).
+
+Names are the ecosystem's own (KAFKA_*, APCA_*, DATABASE_URL, SCHEMA_REGISTRY_URL) so a
+deployment's existing environment works unchanged. Secrets are `SecretStr`: never in reprs or logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SYMBOLS = ("AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "META", "NVDA")
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM"]
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and status output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Build with `Settings()` in `main` and pass it down."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Kafka: unset bootstrap servers means "the embedded broker `ops-pipeline up` started".
+    kafka_bootstrap_servers: str | None = None
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    kafka_client_id: str = "ops-pipeline"
+    aws_region: str | None = None  # AWS MSK IAM signs tokens for this region
+    schema_registry_url: str | None = None
+    schema_registry_basic_auth_user_info: SecretStr | None = None
+
+    # PostgreSQL: unset means "the embedded PostgreSQL `ops-pipeline up` started".
+    database_url: SecretStr | None = None
+
+    # Alpaca
+    apca_api_key_id: SecretStr | None = None
+    apca_api_secret_key: SecretStr | None = None
+    alpaca_credentials_file: Path | None = None
+    alpaca_feed: Literal["iex", "sip"] = "iex"
+    alpaca_stream_url: str | None = None
+    alpaca_data_url: str | None = None
+
+    # The pipeline
+    pipeline_symbols: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SYMBOLS
+    pipeline_data_dir: Path = Path(".ops-pipeline")
+    pipeline_topic_prefix: str = ""
+    rss_feeds: Annotated[tuple[str, ...], NoDecode] = ()
+    rss_poll_seconds: float = Field(default=60.0, gt=0)
+    sentiment_model: str = "ProsusAI/finbert"
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("pipeline_symbols", mode="before")
+    @classmethod
+    def _symbols(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list | tuple):
+            return tuple(str(s).upper() for s in value)
+        return value
+
+    @field_validator("rss_feeds", mode="before")
+    @classmethod
+    def _feeds(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list | tuple):
+            for url in value:
+                if urlsplit(str(url)).scheme not in ("http", "https"):
+                    raise ValueError(f"RSS_FEEDS accepts only http(s) URLs, got {url!r}")
+            return tuple(str(u) for u in value)
+        return value
+
+    @field_validator("pipeline_topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and not all(c.isalnum() or c in "._-" for c in value):
+            raise ValueError("PIPELINE_TOPIC_PREFIX may hold only letters, digits, '.', '_', '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and self.kafka_sasl_mechanism is None:
+            raise ValueError("KAFKA_SASL_MECHANISM is required with a SASL_* security protocol")
+        mech = self.kafka_sasl_mechanism
+        if mech in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and (
+            self.kafka_sasl_username is None or self.kafka_sasl_password is None
+        ):
+            raise ValueError(f"{mech} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        if mech == "AWS_MSK_IAM" and not self.aws_region:
+            raise ValueError("AWS_MSK_IAM needs AWS_REGION")
+        return self
+
+    def topic(self, name: str) -> str:
+        """The physical topic name of a contract topic under the configured prefix."""
+        return f"{self.pipeline_topic_prefix}{name}"

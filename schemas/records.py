@@ -1,0 +1,260 @@
+"""Record types of the topic contract: one frozen dataclass per `.avsc`, with its key.
+
+Agents, connectors, sinks and tests import these rather than building dicts, so a field
+rename is one change here and in the schema file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Self
+
+BAR_SOURCES = frozenset({"live", "updated", "backfill", "replay"})
+ACTIONS = frozenset({"BUY", "SELL"})
+EXECUTION_STATUSES = ("SIMULATED", "SKIPPED", "SUBMITTED", "FILLED", "FAILED")
+SENTIMENT_LABELS = frozenset({"positive", "negative", "neutral"})
+MARKET_KEY = "_market"  # news.scored key of an item with no inferred ticker
+
+
+class Record:
+    """Base of every contract record: Avro dict conversion and the message key."""
+
+    __slots__ = ()
+    SCHEMA: ClassVar[str]
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        names = cls.__dict__.get("_FIELDS_CACHE")
+        if names is None:
+            names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            cls._FIELDS_CACHE = names  # type: ignore[attr-defined]
+        return names
+
+    def to_avro(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.field_names()}
+
+    @classmethod
+    def from_avro(cls, data: dict[str, Any]) -> Self:
+        return cls(**{name: data[name] for name in cls.field_names() if name in data})
+
+    def key(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Bar(Record):
+    SCHEMA: ClassVar[str] = "bar"
+    symbol: str
+    ts: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int
+    trade_count: int | None = None
+    vwap: float | None = None
+    source: str = "live"
+    revision: int = 0
+
+    def key(self) -> str:
+        return self.symbol
+
+
+@dataclass(frozen=True, slots=True)
+class NewsItem(Record):
+    SCHEMA: ClassVar[str] = "news_item"
+    id: str
+    feed: str
+    title: str
+    summary: str
+    link: str | None
+    published: datetime
+    fetched_at: datetime
+    published_estimated: bool = False
+
+    def key(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredNews(Record):
+    SCHEMA: ClassVar[str] = "scored_news"
+    id: str
+    ticker: str
+    tickers: list[str]
+    label: str
+    score: float
+    model: str
+    published: datetime
+
+    def key(self) -> str:
+        return self.ticker
+
+
+@dataclass(frozen=True, slots=True)
+class Features(Record):
+    SCHEMA: ClassVar[str] = "features"
+    symbol: str
+    ts: datetime
+    close: float
+    sma_20: float | None
+    sma_50: float | None
+    volume_current: int
+    volume_avg_20: float | None
+    volume_ratio: float | None
+    volume_surge: bool | None
+    rsi_14: float | None
+    macd: float | None
+    macd_signal: float | None
+    macd_hist: float | None
+    bb_upper: float | None
+    bb_middle: float | None
+    bb_lower: float | None
+    bars_seen: int
+    revision: int = 0
+
+    def key(self) -> str:
+        return self.symbol
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation(Record):
+    SCHEMA: ClassVar[str] = "recommendation"
+    id: str
+    symbol: str
+    ts: datetime
+    action: str
+    base_confidence: float
+    volume_multiplier: float
+    confidence: float
+    sentiment: float | None
+    reason: str
+    features: dict[str, float | None]
+    strategy_version: str
+
+    def key(self) -> str:
+        return self.symbol
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    name: str
+    passed: bool
+    value: float | str | None
+    limit: float | str | None
+    reason: str
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "value": self.value,
+            "limit": self.limit,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Execution(Record):
+    SCHEMA: ClassVar[str] = "execution"
+    recommendation_id: str
+    account: str
+    symbol: str
+    action: str
+    status: str
+    gates: list[GateResult]
+    failure_reason: str | None
+    qty: float | None
+    price: float | None
+    bar_used_ts: datetime | None
+    broker_order_id: str | None
+    client_order_id: str | None
+    mode: str
+    decided_at: datetime
+    intent: str = "entry"
+
+    def key(self) -> str:
+        return f"{self.account}:{self.recommendation_id}"
+
+    def to_avro(self) -> dict[str, Any]:
+        data = Record.to_avro(self)
+        data["gates"] = [g.to_avro() for g in self.gates]
+        return data
+
+    @classmethod
+    def from_avro(cls, data: dict[str, Any]) -> Self:
+        data = dict(data)
+        data["gates"] = [GateResult(**g) for g in data["gates"]]
+        return super(Execution, cls).from_avro(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Position(Record):
+    SCHEMA: ClassVar[str] = "position"
+    account: str
+    symbol: str
+    qty: float
+    avg_price: float
+    opened_at: datetime
+    stop: float | None
+    target: float | None
+    status: str
+    realized_pnl: float
+    updated_at: datetime
+    exit_reason: str | None = None
+
+    def key(self) -> str:
+        return f"{self.account}:{self.symbol}"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchlistEntry(Record):
+    SCHEMA: ClassVar[str] = "watchlist_entry"
+    symbol: str
+    ts: datetime
+    score: float
+    rank: int
+    volume_ratio: float | None
+    momentum: float | None
+    sentiment: float | None
+    reasons: list[str] = field(default_factory=list)
+
+    def key(self) -> str:
+        return self.symbol
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter(Record):
+    SCHEMA: ClassVar[str] = "dead_letter"
+    topic: str
+    partition: int | None
+    offset: int | None
+    original_key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    error: str
+    error_type: str
+    stage: str
+    failed_at: datetime
+
+    def key(self) -> str:
+        return self.original_key.decode("utf-8", "replace") if self.original_key else ""
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.SCHEMA: cls
+    for cls in (
+        Bar,
+        NewsItem,
+        ScoredNews,
+        Features,
+        Recommendation,
+        Execution,
+        Position,
+        WatchlistEntry,
+        DeadLetter,
+    )
+}

@@ -1,0 +1,84 @@
+"""The topic registry: each contract topic's name, key, record type, partitions and config.
+
+Topics keyed by symbol share one partition count so an agent can join them per partition.
+Configs are explicit at creation because some brokers (Tansu) report only what was set then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.records import (
+    Bar,
+    DeadLetter,
+    Execution,
+    Features,
+    NewsItem,
+    Position,
+    Record,
+    Recommendation,
+    ScoredNews,
+    WatchlistEntry,
+)
+
+DAY_MS = 24 * 3600 * 1000
+SYMBOL_PARTITIONS = 6  # every symbol-keyed topic; changing it re-partitions every join
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    record: type[Record]
+    key: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: str = "delete"
+
+    def config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+
+    @property
+    def dlq(self) -> TopicSpec:
+        return TopicSpec(
+            name=self.name + DLQ_SUFFIX,
+            record=DeadLetter,
+            key=f"the original {self.key}",
+            partitions=1,
+            retention_ms=30 * DAY_MS,
+        )
+
+
+BARS = TopicSpec("market.bars.1m", Bar, "symbol", SYMBOL_PARTITIONS, 30 * DAY_MS)
+NEWS_RAW = TopicSpec("news.raw", NewsItem, "item id", SYMBOL_PARTITIONS, 30 * DAY_MS)
+NEWS_SCORED = TopicSpec("news.scored", ScoredNews, "ticker", SYMBOL_PARTITIONS, 30 * DAY_MS)
+FEATURES = TopicSpec("features.1m", Features, "symbol", SYMBOL_PARTITIONS, 30 * DAY_MS)
+SIGNALS = TopicSpec("signals", Recommendation, "symbol", SYMBOL_PARTITIONS, 90 * DAY_MS)
+EXECUTIONS = TopicSpec(
+    "executions", Execution, "account:recommendation id", SYMBOL_PARTITIONS, 365 * DAY_MS
+)
+POSITIONS = TopicSpec("positions", Position, "account:symbol", SYMBOL_PARTITIONS, 365 * DAY_MS)
+WATCHLIST = TopicSpec("watchlist", WatchlistEntry, "symbol", SYMBOL_PARTITIONS, 30 * DAY_MS)
+
+CONTRACT: tuple[TopicSpec, ...] = (
+    BARS,
+    NEWS_RAW,
+    NEWS_SCORED,
+    FEATURES,
+    SIGNALS,
+    EXECUTIONS,
+    POSITIONS,
+    WATCHLIST,
+)
+ALL_TOPICS: tuple[TopicSpec, ...] = CONTRACT + tuple(t.dlq for t in CONTRACT)
+_BY_NAME = {t.name: t for t in ALL_TOPICS}
+
+
+def spec(name: str, prefix: str = "") -> TopicSpec:
+    """The spec of a contract topic, given its logical or (prefixed) physical name."""
+    if prefix and name.startswith(prefix):
+        name = name[len(prefix) :]
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not a contract topic") from None
