@@ -193,11 +193,18 @@ class HeaderCodec:
 class RegistryCodec:
     """Confluent wire format, schemas registered under the topic's `<topic>-value` subject."""
 
-    def __init__(self, url: str, schemas: SchemaSet | None = None, **conf: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        schemas: SchemaSet | None = None,
+        *,
+        client: Any = None,
+        **conf: Any,
+    ) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self.schemas = schemas or SchemaSet.load()
-        self.client = SchemaRegistryClient.new_client({"url": url, **conf})
+        self.client = client or SchemaRegistryClient.new_client({"url": url, **conf})
         self._serializers: dict[tuple[str, str], Any] = {}
         self._deserializers: dict[str, Any] = {}
 

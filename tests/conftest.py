@@ -1,0 +1,166 @@
+"""Test fixtures: a real Kafka-protocol broker and a real PostgreSQL, never a fake.
+
+Broker: KAFKA_BOOTSTRAP_SERVERS if set; else Redpanda in a container if a Docker engine answers;
+else the embedded Tansu, started once per session. PostgreSQL: DATABASE_URL if set; else a
+container; else a server on 127.0.0.1:5432 if one answers; else embedded PostgreSQL. Each test
+gets its own topic prefix, consumer-group prefix and database schema.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pipeline.settings import Settings
+
+REDPANDA_IMAGE = "docker.redpanda.com/redpandadata/redpanda:v24.2.18"
+POSTGRES_IMAGE = "postgres:16-alpine"
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _docker_answers() -> bool:
+    if os.environ.get("OPS_TEST_NO_DOCKER"):
+        return False
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        return False
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+    except Exception:  # any failure means "no usable engine": fall through to the next option
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _local_pg_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            pass
+        with psycopg.connect(LOCAL_PG, connect_timeout=3):
+            return True
+    except (OSError, psycopg.Error):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.community.kafka import RedpandaContainer
+
+        with RedpandaContainer(REDPANDA_IMAGE) as redpanda:
+            yield redpanda.get_bootstrap_server()
+        return
+    from pipeline.embedded import TansuBroker
+
+    broker = TansuBroker(tmp_path_factory.mktemp("tansu"))
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.community.postgres import PostgresContainer
+
+        with PostgresContainer(POSTGRES_IMAGE, driver=None) as pg:
+            yield pg.get_connection_url()
+        return
+    if _local_pg_answers():
+        yield LOCAL_PG
+        return
+    from pipeline.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _unique(request: pytest.FixtureRequest) -> str:
+    name = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:24]
+    return f"{name}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def pg_schema(pg_server_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    schema = f"t_{_unique(request)}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def with_search_path(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture
+def database_url(pg_server_url: str, pg_schema: str) -> str:
+    """A connection string whose search_path is this test's own schema."""
+    return with_search_path(pg_server_url, pg_schema)
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    return f"{_unique(request)}."
+
+
+@pytest.fixture
+def group_prefix(topic_prefix: str) -> str:
+    return f"g.{topic_prefix}"
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        kafka_bootstrap_servers=kafka_bootstrap,
+        database_url=database_url,
+        pipeline_topic_prefix=topic_prefix,
+        pipeline_data_dir=tmp_path / "data",
+        schema_registry_url=None,
+    )
+
+
+@pytest.fixture
+def provisioned(settings: Settings, kafka_bootstrap: str, database_url: str) -> Settings:
+    """The contract topics exist under this test's prefix and its schema is migrated."""
+    from confluent_kafka.admin import AdminClient
+
+    from db import migrate
+    from pipeline.admin import create_topics
+    from pipeline.kafka import admin_config
+
+    create_topics(AdminClient(admin_config(settings, kafka_bootstrap)), prefix=settings.pipeline_topic_prefix)
+    migrate.apply(database_url)
+    return settings
