@@ -236,6 +236,62 @@ def migrate(ctx: typer.Context) -> None:
 
 
 @app.command()
+def run(
+    ctx: typer.Context,
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated stage names; default: every stage.")
+    ] = None,
+) -> None:
+    """Run stages (connectors, agents, sink) until Ctrl-C/SIGTERM; several run as child processes."""
+    from pipeline import stages
+
+    settings = _settings(ctx)
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else sorted(stages.STAGES)
+    if not names:
+        err_console.print("no stages are registered yet")
+        raise typer.Exit(2)
+    unknown = [n for n in names if n not in stages.STAGES]
+    if unknown:
+        err_console.print(f"[red]unknown stage(s): {', '.join(unknown)}[/red]; "
+                          f"known: {', '.join(sorted(stages.STAGES))}")
+        raise typer.Exit(2)
+    endpoints = _endpoints(settings)
+    if len(names) == 1:
+        stop = threading.Event()
+        worker = threading.Thread(target=_run_stage, args=(names[0], settings, endpoints, stop),
+                                  name=names[0], daemon=True)
+        worker.start()
+        _wait_for_signal_or(worker)
+        stop.set()
+        worker.join(60)
+        return
+    from pipeline.supervisor import supervise
+
+    raise typer.Exit(supervise(names, settings))
+
+
+def _run_stage(name: str, settings: Settings, endpoints: Any, stop: threading.Event) -> None:
+    from pipeline import stages
+
+    stages.load(name)(settings, endpoints, stop)
+
+
+def _wait_for_signal_or(worker: threading.Thread) -> None:
+    done = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not done.wait(0.5) and worker.is_alive():
+            pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@app.command()
 def demo(ctx: typer.Context) -> None:
     """Bring up broker and PostgreSQL, provision them, check a round trip, and stop."""
     from pipeline.demo import run_demo
@@ -247,6 +303,20 @@ def demo(ctx: typer.Context) -> None:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+# Modules that add commands to the CLI: each has `register(app: typer.Typer) -> None`.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_extensions() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register_extensions()
 
 
 def main() -> None:
