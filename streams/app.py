@@ -1,0 +1,144 @@
+"""Builds the faust app explicitly (no module-level app, no autodiscovery) and runs it.
+
+Agents live in their own modules as `register(app: PipelineApp) -> None`; `create_app` calls
+the ones it is given. Transport is `kafka://` (aiokafka), processing at least once; values and
+keys travel as raw bytes and are decoded by our codec in batches, so bad input can go to a DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from pipeline.kafka import faust_broker_url, faust_credentials
+from pipeline.runtime import Endpoints
+from pipeline.settings import Settings
+from schemas.codec import Codec, make_codec
+from schemas.records import DeadLetter
+from schemas.topics import SYMBOL_PARTITIONS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineApp:
+    """The faust app plus what every agent needs: settings, the codec, topic lookup."""
+
+    app: faust.App
+    settings: Settings
+    codec: Codec
+
+    def topic(self, spec: TopicSpec, **kwargs: Any) -> faust.TopicT:
+        """The faust topic of a contract topic (prefixed), raw bytes in and out."""
+        return self.app.topic(
+            self.settings.topic(spec.name),
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=spec.partitions,
+            **kwargs,
+        )
+
+    def dead_letter(
+        self,
+        spec: TopicSpec,
+        *,
+        stage: str,
+        error: BaseException | str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        offset: int | None,
+        headers: dict[str, bytes] | None = None,
+    ) -> tuple[bytes, bytes]:
+        """Encode a DeadLetter for `spec`'s DLQ; returns (key, value) for the caller to send."""
+        letter = DeadLetter(
+            topic=self.settings.topic(spec.name),
+            partition=partition,
+            offset=offset,
+            original_key=key,
+            value=value,
+            headers=headers or {},
+            error=str(error),
+            error_type=type(error).__name__ if isinstance(error, BaseException) else "Invalid",
+            stage=stage,
+            failed_at=datetime.now(UTC),
+        )
+        encoded, _headers = self.codec.encode(self.settings.topic(spec.dlq.name), letter)
+        return key or b"", encoded
+
+
+AgentRegistrar = Callable[[PipelineApp], None]
+
+
+def create_app(
+    settings: Settings,
+    endpoints: Endpoints,
+    *,
+    app_id: str = "ops-pipeline",
+    agents: Sequence[AgentRegistrar] = (),
+    codec: Codec | None = None,
+    **overrides: Any,
+) -> PipelineApp:
+    """A faust app for these settings with the given agents registered.
+
+    The app id (and so the consumer group and internal topic names) carries the topic prefix,
+    so a rehearsal under a prefix never shares a group with production.
+    """
+    conf: dict[str, Any] = dict(
+        broker=faust_broker_url(endpoints.kafka_bootstrap_servers),
+        broker_credentials=faust_credentials(settings),
+        autodiscover=False,
+        store="memory://",
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=SYMBOL_PARTITIONS,
+        topic_allow_declare=False,  # topics come from the registry with explicit configs
+        topic_disable_leader=True,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.5,
+        producer_acks=-1,
+        stream_wait_empty=False,
+    )
+    conf.update(overrides)
+    app = faust.App(f"{settings.pipeline_topic_prefix}{app_id}", **conf)
+    papp = PipelineApp(app=app, settings=settings, codec=codec or make_codec(endpoints.schema_registry_url))
+    for register in agents:
+        register(papp)
+    return papp
+
+
+def run_app(papp: PipelineApp, stop: threading.Event, *, poll_s: float = 0.2) -> None:
+    """Run the app on a fresh event loop in this thread until `stop` is set or the app crashes.
+
+    faust's Worker wants the main thread and owns signals; a stage runs under our CLI instead,
+    so the app is started and stopped as a plain mode Service.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        app = papp.app
+        await app.start()
+        try:
+            while not stop.is_set() and not app.should_stop:
+                await asyncio.sleep(poll_s)
+            if app.crash_reason is not None:
+                raise app.crash_reason
+        finally:
+            await app.stop()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
