@@ -84,7 +84,7 @@ def apply(conninfo: str, *, schema: str | None = None) -> list[Migration]:
                         )
                     continue
                 try:
-                    conn.execute(mig.sql.encode())  # type: ignore[call-overload]
+                    conn.execute(mig.sql.encode())
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {mig.version:04d}_{mig.name}: {exc}") from exc
                 conn.execute(

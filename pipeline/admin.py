@@ -33,10 +33,7 @@ def create_topics(
     if not wanted:
         return []
     futures = admin.create_topics(
-        [
-            NewTopic(prefix + s.name, s.partitions, replication_factor, config=s.config())
-            for s in wanted
-        ],
+        [NewTopic(prefix + s.name, s.partitions, replication_factor, config=s.config()) for s in wanted],
         operation_timeout=timeout,
         request_timeout=timeout,
     )
@@ -55,11 +52,7 @@ def create_topics(
 def list_topics(admin: AdminClient, *, timeout: float = 15.0) -> dict[str, int]:
     """Every topic on the broker (internal ones excluded) with its partition count."""
     meta = admin.list_topics(timeout=timeout)
-    return {
-        name: len(t.partitions)
-        for name, t in sorted(meta.topics.items())
-        if not name.startswith("__")
-    }
+    return {name: len(t.partitions) for name, t in sorted(meta.topics.items()) if not name.startswith("__")}
 
 
 def describe_topics(admin: AdminClient, names: list[str], *, timeout: float = 15.0) -> list[TopicInfo]:

@@ -143,9 +143,7 @@ def up(ctx: typer.Context) -> None:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     try:
-        created, applied = provision(
-            settings, services.kafka_bootstrap_servers, services.database_url
-        )
+        created, applied = provision(settings, services.kafka_bootstrap_servers, services.database_url)
         _print_services(services.kafka_bootstrap_servers, services.database_url, settings, "ops-pipeline up")
         console.print(f"topics created: {len(created)}; migrations applied: {len(applied)}")
         console.print(f"state: {services.data_dir / 'state.json'} — Ctrl-C to stop")
@@ -187,7 +185,9 @@ def topics_create(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     ep = _endpoints(settings, need_db=False)
-    created = create_topics(_admin(settings, ep.kafka_bootstrap_servers), prefix=settings.pipeline_topic_prefix)
+    created = create_topics(
+        _admin(settings, ep.kafka_bootstrap_servers), prefix=settings.pipeline_topic_prefix
+    )
     console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
 
 
@@ -252,14 +252,16 @@ def run(
         raise typer.Exit(2)
     unknown = [n for n in names if n not in stages.STAGES]
     if unknown:
-        err_console.print(f"[red]unknown stage(s): {', '.join(unknown)}[/red]; "
-                          f"known: {', '.join(sorted(stages.STAGES))}")
+        err_console.print(
+            f"[red]unknown stage(s): {', '.join(unknown)}[/red]; known: {', '.join(sorted(stages.STAGES))}"
+        )
         raise typer.Exit(2)
     endpoints = _endpoints(settings)
     if len(names) == 1:
         stop = threading.Event()
-        worker = threading.Thread(target=_run_stage, args=(names[0], settings, endpoints, stop),
-                                  name=names[0], daemon=True)
+        worker = threading.Thread(
+            target=_run_stage, args=(names[0], settings, endpoints, stop), name=names[0], daemon=True
+        )
         worker.start()
         _wait_for_signal_or(worker)
         stop.set()

@@ -64,10 +64,11 @@ class RecordProducer:
     def _produce(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
+        hdrs: list[tuple[str, str | bytes | None]] = list(headers)
         while True:
             try:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                    topic, value=value, key=key, headers=hdrs, on_delivery=self._on_delivery
                 )
                 break
             except BufferError:
@@ -151,20 +152,23 @@ def read_to_end(
                     return
                 continue
             err = msg.error()
+            partition, offset = msg.partition(), msg.offset()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    reached.add(msg.partition())
+                if err.code() == KafkaError._PARTITION_EOF and partition is not None:
+                    reached.add(partition)
                     continue
                 raise PipelineError(f"reading {topic}: {err}")
+            assert partition is not None and offset is not None
             last_msg = now
+            raw_headers: Any = msg.headers() or []
             yield Consumed(
                 topic=topic,
-                partition=msg.partition(),
-                offset=msg.offset(),
+                partition=partition,
+                offset=offset,
                 timestamp_ms=msg.timestamp()[1],
                 key=msg.key(),
                 value=msg.value(),
-                headers=list(msg.headers() or []),
+                headers=list(raw_headers),
             )
             count += 1
             if limit is not None and count >= limit:

@@ -49,20 +49,63 @@ TABLES = (
 
 def sample_records(ts: datetime) -> dict[str, Record]:
     """One plausible record per contract topic (also used by the tests)."""
-    feats = Features("AAPL", ts, 190.1, 189.9, 189.5, 12000, 8000.0, 1.5, False, 55.0,
-                     0.12, 0.10, 0.02, 191.0, 189.9, 188.8, 60, 0)
+    feats = Features(
+        "AAPL",
+        ts,
+        190.1,
+        189.9,
+        189.5,
+        12000,
+        8000.0,
+        1.5,
+        False,
+        55.0,
+        0.12,
+        0.10,
+        0.02,
+        191.0,
+        189.9,
+        188.8,
+        60,
+        0,
+    )
     return {
         "market.bars.1m": Bar("AAPL", ts, 190.0, 190.3, 189.8, 190.1, 12000, 85, 190.05, "replay", 0),
-        "news.raw": NewsItem("n-1", "demo", "Apple beats estimates", "Revenue up", "https://example.invalid/a",
-                             ts, ts, False),
+        "news.raw": NewsItem(
+            "n-1", "demo", "Apple beats estimates", "Revenue up", "https://example.invalid/a", ts, ts, False
+        ),
         "news.scored": ScoredNews("n-1", "AAPL", ["AAPL"], "positive", 0.93, "lexicon:vader", ts),
         "features.1m": feats,
-        "signals": Recommendation("4b9d1c5e-0000-5000-8000-000000000001", "AAPL", ts, "BUY", 0.8, 1.0,
-                                  0.8, 0.4, "trend up, sentiment agrees", {"close": 190.1, "sma_20": None},
-                                  "demo-1"),
-        "executions": Execution("4b9d1c5e-0000-5000-8000-000000000001", "large-100k", "AAPL", "BUY",
-                                "SIMULATED", [GateResult("confidence", True, 0.8, 0.7, "ok")], None, 10.0,
-                                190.12, ts, None, None, "simulate", ts, "entry"),
+        "signals": Recommendation(
+            "4b9d1c5e-0000-5000-8000-000000000001",
+            "AAPL",
+            ts,
+            "BUY",
+            0.8,
+            1.0,
+            0.8,
+            0.4,
+            "trend up, sentiment agrees",
+            {"close": 190.1, "sma_20": None},
+            "demo-1",
+        ),
+        "executions": Execution(
+            "4b9d1c5e-0000-5000-8000-000000000001",
+            "large-100k",
+            "AAPL",
+            "BUY",
+            "SIMULATED",
+            [GateResult("confidence", True, 0.8, 0.7, "ok")],
+            None,
+            10.0,
+            190.12,
+            ts,
+            None,
+            None,
+            "simulate",
+            ts,
+            "entry",
+        ),
         "positions": Position("large-100k", "AAPL", 10.0, 190.12, ts, 186.3, 197.7, "OPEN", 0.0, ts, None),
         "watchlist": WatchlistEntry("AAPL", ts, 0.82, 1, 1.5, 0.004, 0.4, ["volume", "momentum"]),
     }
@@ -87,8 +130,10 @@ def run_demo(settings: Settings, console: Console) -> int:
         else:
             console.print("using running/configured services")
         created, applied = provision(settings, bootstrap, db)
-        console.print(f"broker {bootstrap}: created {len(created)} topics; "
-                      f"PostgreSQL {redact_url(db)}: applied {len(applied)} migrations")
+        console.print(
+            f"broker {bootstrap}: created {len(created)} topics; "
+            f"PostgreSQL {redact_url(db)}: applied {len(applied)} migrations"
+        )
 
         codec = make_codec(settings.schema_registry_url)
         samples = sample_records(datetime.now(UTC).replace(second=0, microsecond=0))
@@ -103,23 +148,35 @@ def run_demo(settings: Settings, console: Console) -> int:
             got = read_records(settings, bootstrap, codec, spec, quiet_s=0.3)
             same = any(r == samples[spec.name] for _, r in got)
             ok &= same
-            table.add_row(settings.topic(spec.name), spec.record.__name__, "1", str(len(got)),
-                          "yes" if same else "[red]NO[/red]")
+            table.add_row(
+                settings.topic(spec.name),
+                spec.record.__name__,
+                "1",
+                str(len(got)),
+                "yes" if same else "[red]NO[/red]",
+            )
         console.print(table)
 
         with psycopg.connect(db) as conn:
-            present = {r[0] for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-            )}
+            present = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+                )
+            }
         missing = [t for t in TABLES if t not in present]
         ok &= not missing
-        console.print(f"tables: {len(TABLES) - len(missing)}/{len(TABLES)} present"
-                      + (f", missing {missing}" if missing else ""))
+        console.print(
+            f"tables: {len(TABLES) - len(missing)}/{len(TABLES)} present"
+            + (f", missing {missing}" if missing else "")
+        )
         console.print(
             "[yellow]not yet built:[/yellow] the connectors, agents and sink; this demo checks the "
             "foundation only (services, topics, schemas, migrations)."
         )
-    console.print(f"demo finished in {time.monotonic() - started:.1f}s; services stopped"
-                  if not (state and bootstrap == state.kafka_bootstrap_servers) else
-                  f"demo finished in {time.monotonic() - started:.1f}s")
+    console.print(
+        f"demo finished in {time.monotonic() - started:.1f}s; services stopped"
+        if not (state and bootstrap == state.kafka_bootstrap_servers)
+        else f"demo finished in {time.monotonic() - started:.1f}s"
+    )
     return 0 if ok else 1

@@ -163,9 +163,21 @@ class TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         logf = open(self.data_dir / "tansu.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/", "--cluster-id", "ops-pipeline"],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                "ops-pipeline",
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         logf.close()
         deadline = time.monotonic() + timeout
@@ -237,18 +249,41 @@ class EmbeddedPostgres:
             if self.pgdata.exists():
                 shutil.rmtree(self.pgdata)
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
-                 "--encoding=UTF8", "--no-instructions"],
-                check=True, capture_output=True, user=self._user,
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                user=self._user,
             )
         with contextlib.suppress(FileNotFoundError):
             (self.pgdata / "postmaster.pid").unlink()  # a stale one from a killed server
         logf = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [self._bin("postgres"), "-D", str(self.pgdata), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-             "-c", "max_connections=200"],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, user=self._user,
+            [
+                self._bin("postgres"),
+                "-D",
+                str(self.pgdata),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=self._user,
         )
         logf.close()
         self._wait_ready(timeout)
@@ -281,9 +316,7 @@ class EmbeddedPostgres:
 
         admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         with psycopg.connect(admin, autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)
-            ).fetchone()
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
 

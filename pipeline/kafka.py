@@ -26,9 +26,7 @@ def msk_token(region: str) -> tuple[str, float]:
     try:
         from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
-        raise ConfigError(
-            "AWS_MSK_IAM needs the msk extra: pip install 'ops-pipeline[msk]'"
-        ) from exc
+        raise ConfigError("AWS_MSK_IAM needs the msk extra: pip install 'ops-pipeline[msk]'") from exc
     token, expiry_ms = MSKAuthTokenProvider.generate_auth_token(region)
     return token, expiry_ms / 1000.0
 
@@ -115,9 +113,7 @@ def producer_config(settings: Settings, bootstrap: str, **overrides: Any) -> dic
     return conf
 
 
-def consumer_config(
-    settings: Settings, bootstrap: str, group_id: str, **overrides: Any
-) -> dict[str, Any]:
+def consumer_config(settings: Settings, bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
     """Manual commits, earliest reset: stages commit only after their output is durable."""
     conf = common_config(settings, bootstrap)
     conf.update(

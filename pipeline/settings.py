@@ -38,9 +38,7 @@ def redact_url(url: str) -> str:
 class Settings(BaseSettings):
     """Everything configurable. Build with `Settings()` in `main` and pass it down."""
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
 
     # Kafka: unset bootstrap servers means "the embedded broker `ops-pipeline up` started".
     kafka_bootstrap_servers: str | None = None

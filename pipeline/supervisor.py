@@ -48,8 +48,7 @@ def supervise(names: list[str], settings: Settings, *, max_backoff: float = 60.0
                         log.error("stage has a configuration error; not restarting", stage=name)
                         failed.add(name)
                         continue
-                    log.warning("stage exited; restarting", stage=name, code=code,
-                                backoff_s=backoff[name])
+                    log.warning("stage exited; restarting", stage=name, code=code, backoff_s=backoff[name])
                     next_start[name] = now + backoff[name]
                     backoff[name] = min(backoff[name] * 2, max_backoff)
                 if name in failed or now < next_start[name]:

@@ -116,9 +116,7 @@ def decode(
     offset: int | None = None,
 ) -> R:
     """Decode one message value into its record; any failure is a DecodeError with origin."""
-    data = codec.decode_dict(
-        record_type, value, headers, topic=topic, partition=partition, offset=offset
-    )
+    data = codec.decode_dict(record_type, value, headers, topic=topic, partition=partition, offset=offset)
     try:
         return record_type.from_avro(data)
     except (TypeError, ValueError, KeyError) as exc:
@@ -258,7 +256,9 @@ class RegistryCodec:
                 offset=offset,
             ) from exc
         if not isinstance(data, dict):
-            raise DecodeError("decoded value is not a record", topic=topic, partition=partition, offset=offset)
+            raise DecodeError(
+                "decoded value is not a record", topic=topic, partition=partition, offset=offset
+            )
         return data
 
 

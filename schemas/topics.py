@@ -15,8 +15,8 @@ from schemas.records import (
     Features,
     NewsItem,
     Position,
-    Record,
     Recommendation,
+    Record,
     ScoredNews,
     WatchlistEntry,
 )
@@ -54,9 +54,7 @@ NEWS_RAW = TopicSpec("news.raw", NewsItem, "item id", SYMBOL_PARTITIONS, 30 * DA
 NEWS_SCORED = TopicSpec("news.scored", ScoredNews, "ticker", SYMBOL_PARTITIONS, 30 * DAY_MS)
 FEATURES = TopicSpec("features.1m", Features, "symbol", SYMBOL_PARTITIONS, 30 * DAY_MS)
 SIGNALS = TopicSpec("signals", Recommendation, "symbol", SYMBOL_PARTITIONS, 90 * DAY_MS)
-EXECUTIONS = TopicSpec(
-    "executions", Execution, "account:recommendation id", SYMBOL_PARTITIONS, 365 * DAY_MS
-)
+EXECUTIONS = TopicSpec("executions", Execution, "account:recommendation id", SYMBOL_PARTITIONS, 365 * DAY_MS)
 POSITIONS = TopicSpec("positions", Position, "account:symbol", SYMBOL_PARTITIONS, 365 * DAY_MS)
 WATCHLIST = TopicSpec("watchlist", WatchlistEntry, "symbol", SYMBOL_PARTITIONS, 30 * DAY_MS)
 

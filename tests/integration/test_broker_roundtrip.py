@@ -58,7 +58,8 @@ def test_same_key_lands_on_one_partition_in_order(provisioned: Settings, kafka_b
     base = sample_records(TS)["market.bars.1m"]
     bars = [
         type(base)(sym, TS.replace(minute=m), 1.0, 2.0, 0.5, 1.5, 10 + m, None, None, "replay", 0)
-        for sym in ("AAPL", "MSFT", "NVDA") for m in range(20)
+        for sym in ("AAPL", "MSFT", "NVDA")
+        for m in range(20)
     ]
     with RecordProducer(provisioned, kafka_bootstrap, codec) as producer:
         for bar in bars:
@@ -75,8 +76,9 @@ def test_a_poison_message_comes_back_as_a_typed_error(provisioned: Settings, kaf
     codec = HeaderCodec()
     topic = provisioned.pipeline_topic_prefix + BARS.name
     with RecordProducer(provisioned, kafka_bootstrap, codec) as producer:
-        producer.send_raw(topic, b"AAPL", b"not avro", [("ops.schema", b"ops.pipeline.Bar"),
-                                                       ("ops.schema.version", b"1")])
+        producer.send_raw(
+            topic, b"AAPL", b"not avro", [("ops.schema", b"ops.pipeline.Bar"), ("ops.schema.version", b"1")]
+        )
         producer.send(BARS, sample_records(TS)["market.bars.1m"])
     got = read_records(provisioned, kafka_bootstrap, codec, BARS, quiet_s=0.3)
     errors = [r for _, r in got if isinstance(r, DecodeError)]

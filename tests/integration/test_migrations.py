@@ -25,15 +25,34 @@ UNIQUE_KEYS = {
 }
 
 RUNBOOK_COLUMNS = {
-    "lane_telemetry": {"ticker": "text", "ts": "timestamp with time zone", "open": None, "high": None,
-                       "low": None, "close": None, "volume": "bigint"},
-    "lane_features": {"volume_current": "bigint", "volume_avg_20": "numeric(20,2)",
-                      "volume_ratio": "numeric(10,4)", "volume_surge": "boolean", "sma_20": None,
-                      "sma_50": None},
+    "lane_telemetry": {
+        "ticker": "text",
+        "ts": "timestamp with time zone",
+        "open": None,
+        "high": None,
+        "low": None,
+        "close": None,
+        "volume": "bigint",
+    },
+    "lane_features": {
+        "volume_current": "bigint",
+        "volume_avg_20": "numeric(20,2)",
+        "volume_ratio": "numeric(10,4)",
+        "volume_surge": "boolean",
+        "sma_20": None,
+        "sma_50": None,
+    },
     "inbound_events_classified": {"sentiment": None, "score": None, "tickers": "text[]"},
-    "dispatch_recommendations": {"ts": None, "ticker": None, "action": None, "confidence": None,
-                                 "status": None, "risk_gate_json": "jsonb", "failure_reason": None,
-                                 "processed_at": None},
+    "dispatch_recommendations": {
+        "ts": None,
+        "ticker": None,
+        "action": None,
+        "confidence": None,
+        "status": None,
+        "risk_gate_json": "jsonb",
+        "failure_reason": None,
+        "processed_at": None,
+    },
     "dispatch_executions": {"simulated_ts": None, "sim_json": "jsonb", "status": None},
     "lane_watchlist_state": {"score": None, "rank": None},
 }

@@ -20,15 +20,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SCHEMA_REGISTRY_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SCHEMA_REGISTRY_URL")
+    }
     env.update(PIPELINE_DATA_DIR=str(data_dir), COLUMNS="200", PYTHONWARNINGS="ignore")
     return env
 
 
 def _cli(data_dir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=tmp_cwd(data_dir),
-                          env=_env(data_dir), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=tmp_cwd(data_dir),
+        env=_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tmp_cwd(data_dir: Path) -> Path:
@@ -64,8 +73,14 @@ def _alive(pid: int) -> bool:
 def test_up_topics_migrate_second_up_and_clean_stop(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = _env(data_dir)
-    up = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "up"], cwd=tmp_cwd(data_dir), env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "up"],
+        cwd=tmp_cwd(data_dir),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     state_file = data_dir / "state.json"
     try:
         deadline = time.monotonic() + 120

@@ -26,8 +26,9 @@ def _codecs() -> list[HeaderCodec | RegistryCodec]:
 
 def _all_samples() -> list[tuple[str, Record]]:
     samples = list(sample_records(TS).items())
-    letter = DeadLetter("market.bars.1m", 3, 42, b"AAPL", b"\x01garbage", {"h": b"v"},
-                        "high < low", "InvalidBar", "bars", TS)
+    letter = DeadLetter(
+        "market.bars.1m", 3, 42, b"AAPL", b"\x01garbage", {"h": b"v"}, "high < low", "InvalidBar", "bars", TS
+    )
     return [*samples, ("market.bars.1m.dlq", letter)]
 
 
@@ -97,10 +98,17 @@ def test_encoding_a_wrong_value_is_a_schema_error() -> None:
 # --- evolution: a record gains an optional field with a default ---------------------------
 
 V1 = {
-    "type": "record", "name": "Thing", "namespace": "ops.test", "ops.version": 1,
+    "type": "record",
+    "name": "Thing",
+    "namespace": "ops.test",
+    "ops.version": 1,
     "fields": [{"name": "a", "type": "string"}, {"name": "b", "type": "long"}],
 }
-V2 = {**V1, "ops.version": 2, "fields": [*V1["fields"], {"name": "c", "type": ["null", "double"], "default": None}]}
+V2 = {
+    **V1,
+    "ops.version": 2,
+    "fields": [*V1["fields"], {"name": "c", "type": ["null", "double"], "default": None}],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +167,7 @@ def test_contract_history_only_appends_fields_with_defaults() -> None:
         for old in schemas.versions(name)[:-1]:
             old_fields = json.loads(old.text)["fields"]
             assert cur_fields[: len(old_fields)] == old_fields, f"{name} v{old.version} not a prefix"
-            for added in cur_fields[len(old_fields):]:
+            for added in cur_fields[len(old_fields) :]:
                 assert "default" in added, f"{name}.{added['name']} added without a default"
 
 
@@ -171,8 +179,9 @@ def test_every_schema_matches_its_record_type() -> None:
 
 
 def test_features_fields_are_nullable_until_warm() -> None:
-    feats = Features("AAPL", TS, 1.0, None, None, 0, None, None, None, None, None, None, None,
-                     None, None, None, 1)
+    feats = Features(
+        "AAPL", TS, 1.0, None, None, 0, None, None, None, None, None, None, None, None, None, None, 1
+    )
     codec = HeaderCodec()
     value, headers = codec.encode("f", feats)
     assert decode(codec, Features, value, headers, topic="f") == feats

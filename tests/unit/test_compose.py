@@ -65,7 +65,9 @@ def test_postgres_credentials_port_and_database_match() -> None:
     assert _host_ports(pg)[url.port or 0] == 5432
     env = pg["environment"]
     assert (url.username, url.password, url.path.lstrip("/")) == (
-        env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"],
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        env["POSTGRES_DB"],
     )
 
 

@@ -37,8 +37,12 @@ def test_consumer_commits_manually_and_joins_quickly() -> None:
 
 @pytest.mark.parametrize("mech", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_sasl_ssl_username_password(mech: str) -> None:
-    s = _settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism=mech,
-                  kafka_sasl_username="svc", kafka_sasl_password="pw-123")
+    s = _settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism=mech,
+        kafka_sasl_username="svc",
+        kafka_sasl_password="pw-123",
+    )
     conf = kafka.common_config(s, "h:9096")
     assert conf["security.protocol"] == "SASL_SSL"
     assert conf["sasl.mechanism"] == mech
@@ -74,8 +78,9 @@ def _check_token(token: str, region: str) -> None:
 
 
 def test_msk_iam_librdkafka_config_calls_the_token_callback(fake_aws: None) -> None:
-    s = _settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="AWS_MSK_IAM",
-                  aws_region="eu-west-1")
+    s = _settings(
+        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="AWS_MSK_IAM", aws_region="eu-west-1"
+    )
     conf = kafka.producer_config(s, "b-1.msk.example:9098")
     assert conf["security.protocol"] == "SASL_SSL"
     assert conf["sasl.mechanism"] == "OAUTHBEARER"
@@ -85,8 +90,9 @@ def test_msk_iam_librdkafka_config_calls_the_token_callback(fake_aws: None) -> N
 
 
 def test_msk_iam_faust_token_provider_is_called_and_cached(fake_aws: None) -> None:
-    s = _settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="AWS_MSK_IAM",
-                  aws_region="us-east-1")
+    s = _settings(
+        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="AWS_MSK_IAM", aws_region="us-east-1"
+    )
     creds = kafka.faust_credentials(s)
     assert isinstance(creds, faust.OAuthCredentials)
     assert creds.ssl_context is not None

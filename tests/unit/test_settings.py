@@ -81,7 +81,9 @@ def test_rss_feeds_accept_only_http(monkeypatch: pytest.MonkeyPatch, url: str) -
         ({"PIPELINE_TOPIC_PREFIX": "bad prefix!"}, "PREFIX"),
     ],
 )
-def test_contradictions_are_rejected(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
+def test_contradictions_are_rejected(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
     _env(monkeypatch, **env)
     with pytest.raises(ValidationError, match=message):
         Settings(_env_file=None)  # type: ignore[call-arg]
@@ -94,8 +96,13 @@ def test_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_secrets_never_in_repr_str_or_dump(monkeypatch: pytest.MonkeyPatch) -> None:
-    _env(monkeypatch, KAFKA_SECURITY_PROTOCOL="SASL_SSL", KAFKA_SASL_MECHANISM="PLAIN",
-         KAFKA_SASL_USERNAME="svc", **SECRETS)
+    _env(
+        monkeypatch,
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_MECHANISM="PLAIN",
+        KAFKA_SASL_USERNAME="svc",
+        **SECRETS,
+    )
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     rendered = [repr(s), str(s), s.model_dump_json(), json.dumps(s.model_dump(mode="json"))]
     for text in rendered:
@@ -116,8 +123,11 @@ def test_logs_redact_secret_keys_and_url_passwords(capsys: pytest.CaptureFixture
     logs.configure("INFO", json=True)
     try:
         structlog.get_logger("t").info(
-            "connecting", api_secret_key="s3cr3t-alpaca-value", password="kafka-pw-987",
-            url=SECRETS["DATABASE_URL"], symbol="AAPL",
+            "connecting",
+            api_secret_key="s3cr3t-alpaca-value",
+            password="kafka-pw-987",
+            url=SECRETS["DATABASE_URL"],
+            symbol="AAPL",
         )
         out = capsys.readouterr().err
     finally:
