@@ -1,1 +1,19 @@
-"""The shell: settings, Kafka client factory, embedded services, CLI."""
+"""The shell: settings, Kafka client factory, embedded services, CLI and the notebook API.
+
+`from pipeline import read_topic, read_table` works without importing pandas or any client
+until the functions are called: importing this package has no side effects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["read_table", "read_topic"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from pipeline import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -118,11 +118,14 @@ def read_to_end(
     quiet_s: float = 1.0,
     timeout_s: float = 120.0,
     limit: int | None = None,
+    until_ms: int | None = None,
 ) -> Iterator[Consumed]:
     """Every message of a topic from the beginning to its end as of now, without a group commit.
 
     The reported high watermark is a lower bound on some brokers (Tansu reports the base offset of
     the last batch), so after reaching it we keep reading until nothing arrives for `quiet_s`.
+    With `until_ms`, a partition is also done at its first message timestamped later than that, so
+    a read of a topic that is being written to still ends (those later messages are not returned).
     """
     conf = consumer_config(
         settings,
@@ -141,6 +144,7 @@ def read_to_end(
         # partition EOF events mark "at the reported end"; the quiet period covers the rest
         ends = {tp.partition for tp in parts}
         reached: set[int] = set()
+        past: set[int] = set()
         deadline = time.monotonic() + timeout_s
         last_msg = time.monotonic()
         count = 0
@@ -148,7 +152,7 @@ def read_to_end(
             msg = consumer.poll(0.1)
             now = time.monotonic()
             if msg is None:
-                if len(reached) == len(ends) and now - last_msg >= quiet_s:
+                if len(reached | past) == len(ends) and (now - last_msg >= quiet_s or past == ends):
                     return
                 continue
             err = msg.error()
@@ -159,13 +163,21 @@ def read_to_end(
                     continue
                 raise PipelineError(f"reading {topic}: {err}")
             assert partition is not None and offset is not None
+            if partition in past:
+                continue
+            timestamp_ms = msg.timestamp()[1]
+            if until_ms is not None and timestamp_ms > until_ms:
+                past.add(partition)
+                if past == ends:
+                    return
+                continue
             last_msg = now
             raw_headers: Any = msg.headers() or []
             yield Consumed(
                 topic=topic,
                 partition=partition,
                 offset=offset,
-                timestamp_ms=msg.timestamp()[1],
+                timestamp_ms=timestamp_ms,
                 key=msg.key(),
                 value=msg.value(),
                 headers=list(raw_headers),
