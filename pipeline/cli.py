@@ -308,7 +308,7 @@ def demo(ctx: typer.Context) -> None:
 
 
 # Modules that add commands to the CLI: each has `register(app: typer.Typer) -> None`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("connectors.cli",)
 
 
 def _register_extensions() -> None:

@@ -85,7 +85,7 @@ def generate(
     seed: int = 20261120,
 ) -> tuple[list[dict[str, object]], list[dict[str, object]], dict[str, object]]:
     """(bar rows, news rows, notes) for the session."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - reproducible synthetic data, not security
     news = _news(rng)
     no_trade: dict[str, set[int]] = {sym: set() for sym in UNIVERSE}
     for sym in ("MSFT", "META"):  # the thinnest on IEX: a few empty minutes mid-day

@@ -20,7 +20,11 @@ class Stage(Protocol):
 
 
 # name -> "module:function"; each stage's module adds its line here.
-STAGES: dict[str, str] = {}
+STAGES: dict[str, str] = {
+    "bars": "connectors.alpaca_bars:run",
+    "rss": "connectors.rss:run",
+    "classifier": "streams.classifier:run",
+}
 
 
 def load(name: str) -> Callable[[Settings, Endpoints, threading.Event], None]:
