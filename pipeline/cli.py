@@ -272,10 +272,35 @@ def run(
     raise typer.Exit(supervise(names, settings))
 
 
+_stage_errors: list[BaseException] = []
+
+
 def _run_stage(name: str, settings: Settings, endpoints: Any, stop: threading.Event) -> None:
+    import structlog
+
     from pipeline import stages
 
-    stages.load(name)(settings, endpoints, stop)
+    try:
+        stages.load(name)(settings, endpoints, stop)
+    except ConfigError as exc:
+        err_console.print(f"[red]stage {name}: configuration error:[/red] {exc}")
+        _stage_errors.append(exc)
+    except BaseException as exc:
+        structlog.get_logger(__name__).exception("stage crashed", stage=name)
+        _stage_errors.append(exc)
+
+
+def _metrics_server(settings: Settings, name: str, worker: threading.Thread) -> Any:
+    if settings.metrics_port is None:
+        return None
+    from pipeline.metrics import MetricsServer, metrics
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        return worker.is_alive(), {"stage": name}
+
+    server = MetricsServer(metrics(), health, settings.metrics_host, settings.metrics_port).start()
+    console.print(f"metrics: http://{settings.metrics_host}:{server.port}/metrics (and /healthz)")
+    return server
 
 
 def _wait_for_signal_or(worker: threading.Thread) -> None:

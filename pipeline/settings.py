@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     rss_poll_seconds: float = Field(default=60.0, gt=0)
     sentiment_model: str = "ProsusAI/finbert"
 
+    metrics_port: int | None = None  # /metrics and /healthz; `run` with several stages uses port+i
+    metrics_host: str = "127.0.0.1"
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -53,8 +53,11 @@ def supervise(names: list[str], settings: Settings, *, max_backoff: float = 60.0
                     backoff[name] = min(backoff[name] * 2, max_backoff)
                 if name in failed or now < next_start[name]:
                     continue
+                child_env = dict(env)
+                if settings.metrics_port is not None:
+                    child_env["METRICS_PORT"] = str(settings.metrics_port + names.index(name))
                 procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.cli", "run", "--only", name], env=env
+                    [sys.executable, "-m", "pipeline.cli", "run", "--only", name], env=child_env
                 )
                 log.info("stage started", stage=name, pid=procs[name].pid)
             if failed and not procs:
