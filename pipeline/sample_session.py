@@ -143,7 +143,7 @@ def generate(
                 )
     bars.sort(key=lambda r: (str(r["ts"]), int(r["revision"]), str(r["symbol"])))  # type: ignore[call-overload]
 
-    news_rows = []
+    news_rows: list[dict[str, object]] = []
     for ev in news:
         published = OPEN_UTC + timedelta(minutes=ev.minute, seconds=rng.randrange(0, 60))
         slug = hashlib.sha256(ev.title.encode()).hexdigest()[:8]
