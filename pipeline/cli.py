@@ -319,6 +319,76 @@ def _wait_for_signal_or(worker: threading.Thread) -> None:
 
 
 @app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Health of topics, consumer groups, bars, news and tables; exit 1 with the reasons if unhealthy."""
+    import json as _json
+
+    from pipeline.status import collect
+
+    settings = _settings(ctx)
+    report = collect(settings, _endpoints(settings))
+    if as_json:
+        console.print_json(_json.dumps(report.to_json()))
+    else:
+        _print_status(report)
+    raise typer.Exit(0 if report.healthy else 1)
+
+
+def _print_status(report: Any) -> None:
+    def age(seconds: float | None) -> str:
+        if seconds is None:
+            return "-"
+        return (
+            f"{seconds:.0f}s"
+            if seconds < 120
+            else f"{seconds / 60:.0f}m"
+            if seconds < 7200
+            else f"{seconds / 3600:.1f}h"
+        )
+
+    t = Table(title=f"topics ({report.now}; market {'open' if report.market_open else 'closed'})")
+    for col in ("topic", "end offset", "last hour"):
+        t.add_column(col)
+    for ts in report.topics:
+        t.add_row(ts.topic, str(ts.end_offset), str(ts.last_hour))
+    console.print(t)
+    g = Table(title="consumer groups")
+    for col in ("group", "lag", "partitions behind", "oldest waiting"):
+        g.add_column(col)
+    for gs in report.groups:
+        g.add_row(gs.group, str(gs.lag), str(gs.partitions_behind), age(gs.oldest_wait_s))
+    console.print(g)
+    sy = Table(title="symbols")
+    for col in ("symbol", "last bar", "age", "missing minutes (candidates)"):
+        sy.add_column(col)
+    for ss in report.symbols:
+        sy.add_row(
+            ss.symbol,
+            ss.last_bar or "-",
+            age(ss.age_s),
+            f"{ss.missing_minutes}"
+            + (f" e.g. {', '.join(ss.missing_sample[:2])}" if ss.missing_sample else ""),
+        )
+    console.print(sy)
+    console.print(f"last news item: {age(report.news_age_s)} ago")
+    tb = Table(title="sink tables")
+    tb.add_column("table")
+    tb.add_column("rows")
+    for name, n in report.tables.items():
+        tb.add_row(name, "-" if n is None else str(n))
+    console.print(tb)
+    if report.problems:
+        console.print("[red]UNHEALTHY[/red]")
+        for p in report.problems:
+            console.print(f"  - {p}")
+    else:
+        console.print("[green]healthy[/green]")
+
+
+@app.command()
 def demo(ctx: typer.Context) -> None:
     """Bring up broker and PostgreSQL, provision them, check a round trip, and stop."""
     from pipeline.demo import run_demo

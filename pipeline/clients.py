@@ -211,3 +211,123 @@ def read_records(
             rec = exc
         out.append((m, rec))
     return out
+
+
+def end_offsets(settings: Settings, bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """The broker-reported end offset of every partition of `topics`, in one admin round trip.
+
+    On some brokers (Tansu) this is a lower bound: see `read_to_end`; lag computed from it can be
+    too small, so callers judge "drained" by what was consumed and committed.
+    """
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    from pipeline.kafka import admin_config
+
+    admin = AdminClient(admin_config(settings, bootstrap))
+    meta = admin.list_topics(timeout=15)
+    request = {
+        TopicPartition(name, p): OffsetSpec.latest()
+        for name in topics
+        if name in meta.topics
+        for p in meta.topics[name].partitions
+    }
+    if not request:
+        return {}
+    result = admin.list_offsets(request, request_timeout=15)
+    return {(tp.topic, tp.partition): fut.result().offset for tp, fut in result.items()}
+
+
+def read_tail(
+    settings: Settings,
+    bootstrap: str,
+    topic: str,
+    *,
+    per_partition: int,
+    quiet_s: float = 0.3,
+    timeout_s: float = 60.0,
+) -> list[Consumed]:
+    """About the last `per_partition` messages of each partition (more where the watermark lags)."""
+    ends = end_offsets(settings, bootstrap, [topic])
+    if not ends:
+        return []
+    conf = consumer_config(
+        settings,
+        bootstrap,
+        group_id=f"ops-pipeline-tail-{time.monotonic_ns()}",
+        **{"enable.partition.eof": True, "fetch.queue.backoff.ms": 10},
+    )
+    consumer = Consumer(conf)
+    out: list[Consumed] = []
+    try:
+        consumer.assign([TopicPartition(t, p, max(0, end - per_partition)) for (t, p), end in ends.items()])
+        reached: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            if msg is None:
+                if len(reached) == len(ends) and time.monotonic() - last >= quiet_s:
+                    return out
+                continue
+            err = msg.error()
+            partition, offset = msg.partition(), msg.offset()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF and partition is not None:
+                    reached.add(partition)
+                    continue
+                raise PipelineError(f"reading the tail of {topic}: {err}")
+            assert partition is not None and offset is not None
+            last = time.monotonic()
+            raw_headers: Any = msg.headers() or []
+            out.append(
+                Consumed(
+                    topic, partition, offset, msg.timestamp()[1], msg.key(), msg.value(), list(raw_headers)
+                )
+            )
+        raise PipelineError(f"reading the tail of {topic}: not at its end after {timeout_s}s")
+    finally:
+        consumer.close()
+
+
+def true_end_offsets(
+    settings: Settings, bootstrap: str, topics: Sequence[str], *, quiet_s: float = 0.3
+) -> dict[tuple[str, int], int]:
+    """End offsets as `end_offsets` reports them, corrected by reading past them to the real end.
+
+    On Redpanda, Kafka and MSK nothing lies past the reported end and this costs one quiet period;
+    on Tansu the last batch does, and this finds it.
+    """
+    ends = end_offsets(settings, bootstrap, topics)
+    if not ends:
+        return ends
+    conf = consumer_config(
+        settings,
+        bootstrap,
+        group_id=f"ops-pipeline-ends-{time.monotonic_ns()}",
+        **{"enable.partition.eof": True, "fetch.queue.backoff.ms": 10},
+    )
+    consumer = Consumer(conf)
+    try:
+        consumer.assign([TopicPartition(t, p, end) for (t, p), end in ends.items()])
+        eof: set[tuple[str, int]] = set()
+        last = time.monotonic()
+        deadline = last + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.05)
+            if msg is None:
+                if len(eof) == len(ends) and time.monotonic() - last >= quiet_s:
+                    break
+                continue
+            key = (msg.topic() or "", msg.partition() or 0)
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    eof.add(key)
+                continue
+            last = time.monotonic()
+            offset = msg.offset()
+            if offset is not None and offset + 1 > ends.get(key, 0):
+                ends[key] = offset + 1
+    finally:
+        consumer.close()
+    return ends
