@@ -132,6 +132,7 @@ def test_logs_redact_secret_keys_and_url_passwords(capsys: pytest.CaptureFixture
         out = capsys.readouterr().err
     finally:
         logging.getLogger().handlers.clear()
+        structlog.reset_defaults()  # configure() bound stderr as pytest captured it
     event = json.loads(out.strip().splitlines()[-1])
     assert event["symbol"] == "AAPL"
     assert event["api_secret_key"] == "***" and event["password"] == "***"

@@ -1,0 +1,389 @@
+"""The bars connector: Alpaca's websocket minute bars and updated bars -> market.bars.1m.
+
+It speaks Alpaca's protocol with `websockets` from our own event loop instead of running
+alpaca-py's StockDataStream: that client hides the error code we must branch on (406 vs 402),
+owns the retry loop and the keys, and has no hook after a reconnect (see the README). The pure
+parts live in alpaca_protocol, intake, gaps, revisions and backoff; this module only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaException
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
+
+from connectors import alpaca_protocol as proto
+from connectors.alpaca_rest import AlpacaBarHistory, BarHistory, HistoryAuthError
+from connectors.backoff import backoff_delay, connection_limit_delay
+from connectors.bars_config import BarsConfig, ConnectorStats
+from connectors.clock import Clock, WallClock
+from connectors.credentials import Credentials, CredentialSource, CredentialsUnavailable
+from connectors.gaps import GapDetector, TradingCalendar, chunks, stalled
+from connectors.intake import ORIGIN_STREAM, BarIntake, BarSink, ProducerSink
+from connectors.revisions import RevisionBook
+from pipeline.clients import DeliveryError
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.runtime import Endpoints
+from pipeline.settings import Settings
+from schemas.records import Bar
+
+log = structlog.get_logger(__name__)
+_WS_LOG = logging.getLogger("connectors.alpaca_bars.websocket")
+
+
+class StreamStalled(PipelineError):
+    """No market data for the stall timeout while the market was open."""
+
+
+class BarsConnector:
+    def __init__(
+        self,
+        config: BarsConfig,
+        *,
+        credentials: CredentialSource,
+        sink: BarSink,
+        calendar: TradingCalendar,
+        clock: Clock | None = None,
+        history_factory: Callable[[Credentials], BarHistory] | None = None,
+        tail: Callable[[], Iterable[Bar]] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.sink = sink
+        self.calendar = calendar
+        self.clock = clock or WallClock()
+        self._history_factory = history_factory or (
+            lambda c: AlpacaBarHistory(c, feed=config.feed, url=config.data_url)
+        )
+        self._tail = tail
+        self._rand = rand
+        self.detector = GapDetector(
+            calendar,
+            config.symbols,
+            lookback=timedelta(seconds=config.gap_lookback_s),
+            settle=timedelta(seconds=config.gap_settle_s),
+        )
+        self.intake = BarIntake(
+            sink,
+            symbols=config.symbols,
+            book=RevisionBook(config.revision_memory),
+            detector=self.detector,
+            max_skew=timedelta(seconds=config.max_skew_s),
+        )
+        self.stats = ConnectorStats()
+        self._creds: Credentials | None = None
+        self._history: BarHistory | None = None
+        self._gap_lock = asyncio.Lock()
+        self._last_data = self.clock.now()
+        self._got_data = False
+        self._resync = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        # websockets logs every frame at DEBUG, the auth frame included: never below INFO
+        _WS_LOG.setLevel(logging.INFO)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Stream until `stopping` is set; raises only ConfigError."""
+        self._load_credentials("start")
+        if not await self._seed_until_read(stopping):
+            return
+        timer = asyncio.create_task(self._gap_timer(stopping), name="bars-gap-timer")
+        flusher = asyncio.create_task(self._flush_loop(stopping), name="bars-flush")
+        try:
+            await self._stream(stopping)
+        finally:
+            pending = [timer, flusher, *self._tasks]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.to_thread(self._flush)
+
+    async def _seed_until_read(self, stopping: asyncio.Event) -> bool:
+        """Read the topic tail before streaming (revisions and seen minutes depend on it); a
+        broker that is not there yet is waited for, a missing topic is a configuration error."""
+        attempt = 0
+        while not stopping.is_set():
+            try:
+                await self._seed()
+                return True
+            except ConfigError:
+                raise
+            except (PipelineError, KafkaException, OSError) as exc:
+                attempt += 1
+                log.warning("bars tail unreadable; retrying", error=f"{type(exc).__name__}: {exc}")
+                await self._sleep(self._backoff(attempt), stopping)
+        return False
+
+    async def _seed(self) -> None:
+        if self._tail is None:
+            return
+        bars = await asyncio.to_thread(lambda: list(self._tail() if self._tail else ()))
+        self.intake.book.seed(bars)
+        for bar in bars:
+            self.detector.observe(bar.symbol, bar.ts)
+        log.info("bars tail read", records=len(bars))
+
+    def _load_credentials(self, reason: str) -> None:
+        try:
+            creds = self.credentials.load(reason=reason)
+        except CredentialsUnavailable as exc:
+            if self._creds is None:
+                raise
+            log.warning("alpaca credentials unavailable; keeping the previous ones", error=str(exc))
+            return
+        self.stats.credential_loads += 1
+        self._creds = creds
+        self._history = None  # rebuilt with the new keys on the next REST call
+
+    # -- the websocket -----------------------------------------------------------------------
+
+    async def _stream(self, stopping: asyncio.Event) -> None:
+        attempt = 0  # consecutive failed sessions; a session that delivered data resets it
+        while not stopping.is_set():
+            self._got_data = False
+            self.stats.attempts += 1
+            failure: BaseException | None = None
+            try:
+                await self._session(stopping)
+            except InvalidURI as exc:
+                raise ConfigError(f"ALPACA_STREAM_URL is not a websocket URL: {exc}") from None
+            except (proto.StreamError, OSError, TimeoutError, WebSocketException,
+                    proto.ProtocolError, proto.FrameError, StreamStalled) as exc:
+                failure = exc
+            if stopping.is_set():
+                return
+            attempt = 1 if self._got_data else attempt + 1
+            delay = self._delay_after(failure, attempt)
+            log.info("alpaca stream reconnecting", in_seconds=round(delay, 3), attempt=attempt)
+            await self._sleep(delay, stopping)
+
+    def _delay_after(self, failure: BaseException | None, attempt: int) -> float:
+        if isinstance(failure, proto.StreamError):
+            return self._after_stream_error(failure, attempt)
+        if isinstance(failure, InvalidStatus):
+            status = failure.response.status_code
+            log.warning("alpaca stream refused the connection", http_status=status)
+            if status == 429:  # too many connections, answered at the HTTP level
+                return self._connection_limit_delay()
+        elif failure is not None:
+            log.warning("alpaca stream lost", error=f"{type(failure).__name__}: {failure}")
+        else:  # the server ended the session politely
+            log.warning("alpaca stream closed by the server")
+        return self._backoff(attempt)
+
+    def _after_stream_error(self, exc: proto.StreamError, attempt: int) -> float:
+        action = proto.action_for(exc.code)
+        log.warning("alpaca stream error", code=exc.code, action=action.value)
+        if action is proto.Action.FATAL:
+            raise ConfigError(f"alpaca stream: {exc} (check ALPACA_FEED and PIPELINE_SYMBOLS)")
+        if action is proto.Action.WAIT_CONNECTION_LIMIT:
+            return self._connection_limit_delay()
+        if action is proto.Action.REAUTH:
+            self.stats.auth_failures += 1
+            self._load_credentials("authentication failed")
+        return self._backoff(attempt)
+
+    def _connection_limit_delay(self) -> float:
+        self.stats.connection_limits += 1
+        return connection_limit_delay(
+            wait=self.config.connection_limit_wait_s,
+            jitter=self.config.connection_limit_jitter_s,
+            rand=self._rand,
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff_delay(
+            attempt, floor=self.config.backoff_floor_s, cap=self.config.backoff_cap_s, rand=self._rand
+        )
+
+    async def _session(self, stopping: asyncio.Event) -> None:
+        assert self._creds is not None
+        async with connect(
+            self.config.stream_url,
+            additional_headers={"Content-Type": proto.CONTENT_TYPE},
+            open_timeout=self.config.handshake_timeout_s,
+            ping_interval=10,
+            ping_timeout=30,
+            logger=_WS_LOG,
+        ) as ws:
+            proto.expect_success(await self._recv(ws), "connected")
+            await ws.send(proto.auth_message(self._creds))
+            proto.expect_success(await self._recv(ws), "authenticated")
+            await ws.send(proto.subscribe_message(self.config.symbols))
+            subscribed = False
+            while not subscribed:  # bars may come with, or right after, the acknowledgement
+                msgs = await self._recv(ws)
+                self._handle(msgs)
+                subscribed = any(m.get("T") == "subscription" for m in msgs)
+            self.stats.connections += 1
+            self._last_data = self.clock.now()
+            log.info("alpaca stream subscribed", url=self.config.stream_url,
+                     symbols=len(self.config.symbols), feed=self.config.feed)
+            self._spawn(self._gap_check("connect"))
+            await self._consume(ws, stopping)
+
+    async def _recv(self, ws: ClientConnection) -> list[dict[str, Any]]:
+        data = await asyncio.wait_for(ws.recv(), self.config.handshake_timeout_s)
+        return proto.decode_frame(data)
+
+    async def _consume(self, ws: ClientConnection, stopping: asyncio.Event) -> None:
+        stall = timedelta(seconds=self.config.stall_timeout_s)
+        while not stopping.is_set():
+            try:
+                data = await asyncio.wait_for(ws.recv(), self.config.poll_s)
+            except TimeoutError:
+                data = None
+            if data is not None:
+                self._frame(data)
+            if stalled(self._last_data, self.clock.now(), stall, self.calendar):
+                self.stats.stalls += 1
+                raise StreamStalled(f"no market data for {self.config.stall_timeout_s:g}s")
+
+    def _frame(self, data: bytes | str) -> None:
+        try:
+            msgs = proto.decode_frame(data)
+        except proto.FrameError as exc:
+            raw = data.encode() if isinstance(data, str) else bytes(data)
+            self.intake.reject(ORIGIN_STREAM, exc.args[0], raw, "application/octet-stream", None,
+                               self.clock.now(), error_type="FrameError")
+            return
+        self._handle(msgs)
+
+    def _handle(self, msgs: list[dict[str, Any]]) -> None:
+        proto.raise_for_error(msgs)
+        for msg in msgs:
+            if msg.get("T") in proto.BAR_TYPES:
+                now = self.clock.now()
+                self._last_data = now
+                self._got_data = True
+                self.intake.stream_message(msg, now=now)
+
+    # -- gaps --------------------------------------------------------------------------------
+
+    async def _gap_timer(self, stopping: asyncio.Event) -> None:
+        interval = self.config.gap_check_interval_s
+        if interval is None:
+            return
+        while not stopping.is_set():
+            await self._sleep(interval, stopping)
+            if not stopping.is_set():
+                await self._gap_check("timer")
+
+    async def _gap_check(self, reason: str) -> None:
+        """Ask REST for the session minutes missing from the topic; publish what it has."""
+        async with self._gap_lock:
+            try:
+                await self._fill_gaps(reason)
+            except HistoryAuthError as exc:
+                log.warning("gap check: credentials refused", error=str(exc))
+                self._load_credentials("REST authentication failed")
+            except (PipelineError, KafkaException, OSError, TimeoutError) as exc:
+                log.warning("gap check failed; retrying later", error=f"{type(exc).__name__}: {exc}")
+
+    async def _fill_gaps(self, reason: str) -> None:
+        if self._resync:  # a delivery failed: trust only what the topic really has
+            self._resync = False
+            self.detector.forget_seen()
+            await self._seed()
+        now = self.clock.now()
+        due = self.detector.due(now)
+        if not due:
+            return
+        if self._history is None:
+            assert self._creds is not None
+            self._history = self._history_factory(self._creds)
+        history = self._history
+        for chunk in chunks(due):
+            answer = await asyncio.wait_for(
+                asyncio.to_thread(history.fetch, chunk.symbols, chunk.start, chunk.end),
+                self.config.rest_timeout_s,
+            )
+            report = self.intake.apply_backfill(chunk, answer, now=self.clock.now())
+            self.stats.gap_reports.append(report)
+            if report.filled:
+                log.warning("gap filled from REST", reason=reason, minutes=len(report.filled),
+                            first=report.filled[0][1].isoformat(), symbols=chunk.symbols)
+            if report.no_trade:
+                log.info("minutes without trades (not gaps)", minutes=len(report.no_trade))
+        await asyncio.to_thread(self._flush)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        try:
+            self.sink.flush()
+        except DeliveryError as exc:
+            log.error("bars not delivered; re-reading the topic before the next gap check",
+                      error=str(exc))
+            self._resync = True
+
+    async def _flush_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), self.config.flush_interval_s)
+            except TimeoutError:
+                await asyncio.to_thread(self._flush)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sleep(self, seconds: float, stopping: asyncio.Event) -> None:
+        """The clock's sleep, cut short by a stop request."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waiter = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waiter):
+                task.cancel()
+            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+
+
+def run(settings: Settings, endpoints: Endpoints, stop: threading.Event) -> None:
+    """The `bars` stage: `ops-pipeline run --only bars`."""
+    from connectors.topic_tail import read_tail
+    from pipeline.clients import RecordProducer
+    from schemas.codec import make_codec
+    from schemas.topics import BARS
+
+    config = BarsConfig.from_settings(settings)
+    codec = make_codec(endpoints.schema_registry_url)
+    producer = RecordProducer(settings, endpoints.kafka_bootstrap_servers, codec)
+    topic = settings.topic(BARS.name)
+    connector = BarsConnector(
+        config,
+        credentials=CredentialSource.from_settings(settings),
+        sink=ProducerSink(producer),
+        calendar=TradingCalendar.xnys(),
+        tail=lambda: read_tail(settings, endpoints.kafka_bootstrap_servers, codec, topic,
+                               per_partition=config.tail_per_partition),
+    )
+    asyncio.run(_until(connector, stop))
+
+
+async def _until(connector: BarsConnector, stop: threading.Event) -> None:
+    stopping = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+        stopping.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await connector.run(stopping)
+    finally:
+        watcher.cancel()

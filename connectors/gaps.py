@@ -1,0 +1,192 @@
+"""Which minutes of the trading session a symbol is missing, by the XNYS calendar.
+
+A gap candidate is a session minute (holidays and early closes from exchange_calendars) with no
+bar on the topic. It is only a candidate: on IEX a minute without trades has no bar at all, so
+the REST history is the judge. Minutes REST confirms empty are remembered and never re-asked.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from connectors.clock import MINUTE, floor_minute
+
+Minute = tuple[str, datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    open: datetime
+    close: datetime  # exclusive: the last bar starts one minute before
+
+
+class TradingCalendar:
+    """XNYS sessions as plain UTC datetimes, taken once from exchange_calendars.
+
+    Every XNYS session lies within one UTC day (13:30/14:30 to at most 21:00 UTC), so sessions
+    are keyed by UTC date and lookups need neither pandas nor a tz database.
+    """
+
+    def __init__(self, sessions: Mapping[date, Session]) -> None:
+        self._sessions = dict(sessions)
+        self.first = min(self._sessions) if self._sessions else None
+        self.last = max(self._sessions) if self._sessions else None
+
+    @classmethod
+    def xnys(cls) -> TradingCalendar:
+        import exchange_calendars as xcals
+
+        with warnings.catch_warnings():
+            # exchange_calendars 4.x on pandas 3 warns about Series.values inside its constructor
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                from pandas.errors import Pandas4Warning
+            except ImportError:  # pandas < 3
+                pass
+            else:
+                warnings.simplefilter("ignore", Pandas4Warning)
+            schedule = xcals.get_calendar("XNYS").schedule
+            opens = [ts.to_pydatetime().astimezone(UTC) for ts in schedule["open"]]
+            closes = [ts.to_pydatetime().astimezone(UTC) for ts in schedule["close"]]
+        return cls({o.date(): Session(o, c) for o, c in zip(opens, closes, strict=True)})
+
+    def session(self, day: date) -> Session | None:
+        return self._sessions.get(day)
+
+    def is_open(self, ts: datetime) -> bool:
+        s = self._sessions.get(ts.date())
+        return s is not None and s.open <= ts < s.close
+
+    def minutes(self, start: datetime, end: datetime) -> Iterator[datetime]:
+        """Start times of the session minutes in [start, end), in order."""
+        day = start.date()
+        while day <= end.date():
+            s = self._sessions.get(day)
+            if s is not None:
+                m = max(s.open, _ceil_minute(start))
+                stop = min(s.close, end)
+                while m < stop:
+                    yield m
+                    m += MINUTE
+            day += timedelta(days=1)
+
+
+def _ceil_minute(ts: datetime) -> datetime:
+    floored = floor_minute(ts)
+    return floored if floored == ts else floored + MINUTE
+
+
+def stalled(last_data: datetime, now: datetime, timeout: timedelta, calendar: TradingCalendar) -> bool:
+    """No market data for `timeout` although the market was open through that whole silence."""
+    return (
+        now - last_data >= timeout and calendar.is_open(now - timeout) and calendar.is_open(now)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One REST request: the missing minutes of one session, for the symbols missing any."""
+
+    start: datetime
+    end: datetime  # inclusive, as Alpaca's `end`
+    asked: dict[str, tuple[datetime, ...]]
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self.asked)
+
+
+@dataclass(frozen=True, slots=True)
+class GapReport:
+    asked: int
+    filled: list[Minute] = field(default_factory=list)  # gaps REST had bars for
+    no_trade: list[Minute] = field(default_factory=list)  # REST has no bar: not a gap
+    rejected: list[Minute] = field(default_factory=list)  # REST's bar failed validation (DLQ)
+
+
+def chunks(missing: Mapping[str, Sequence[datetime]]) -> list[Chunk]:
+    """The missing minutes grouped per session day, one REST request each."""
+    by_day: dict[date, dict[str, list[datetime]]] = {}
+    for symbol, minutes in missing.items():
+        for m in minutes:
+            by_day.setdefault(m.date(), {}).setdefault(symbol, []).append(m)
+    out = []
+    for day in sorted(by_day):
+        asked = {s: tuple(sorted(ms)) for s, ms in by_day[day].items()}
+        start = min(ms[0] for ms in asked.values())
+        end = max(ms[-1] for ms in asked.values())
+        out.append(Chunk(start, end, asked))
+    return out
+
+
+class GapDetector:
+    """Expected session minutes minus the minutes seen (published or on the topic)."""
+
+    def __init__(
+        self,
+        calendar: TradingCalendar,
+        symbols: Iterable[str],
+        *,
+        lookback: timedelta = timedelta(days=1),
+        settle: timedelta = timedelta(seconds=90),
+    ) -> None:
+        self.calendar = calendar
+        self.symbols = tuple(symbols)
+        self.lookback = lookback
+        self.settle = settle
+        self._seen: set[Minute] = set()
+        self._no_trade: set[Minute] = set()
+
+    def observe(self, symbol: str, ts: datetime) -> None:
+        self._seen.add((symbol, ts))
+
+    def forget_seen(self) -> None:
+        """Drop what was observed (after a failed delivery): the topic tail is the truth again."""
+        self._seen.clear()
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        """[start, end) of the minutes that should be complete by `now`: a minute is due once it
+        has ended and `settle` has passed (the live bar arrives a moment after the minute)."""
+        end = floor_minute(now - self.settle - MINUTE) + MINUTE
+        return now - self.lookback, end
+
+    def missing(self, start: datetime, end: datetime) -> dict[str, list[datetime]]:
+        out: dict[str, list[datetime]] = {}
+        for m in self.calendar.minutes(start, end):
+            for s in self.symbols:
+                if (s, m) not in self._seen and (s, m) not in self._no_trade:
+                    out.setdefault(s, []).append(m)
+        return out
+
+    def due(self, now: datetime) -> dict[str, list[datetime]]:
+        start, end = self.window(now)
+        self._prune(start - MINUTE)
+        return self.missing(start, end)
+
+    def resolve(
+        self, chunk: Chunk, found: Iterable[Minute], rejected: Iterable[Minute] = ()
+    ) -> GapReport:
+        """After REST answered `chunk`: minutes it returned are filled (or rejected, when the bar
+        was invalid: asking again would not help), the rest had no trades."""
+        got, bad = set(found), set(rejected)
+        report = GapReport(asked=sum(len(v) for v in chunk.asked.values()))
+        for symbol, minutes in chunk.asked.items():
+            for m in minutes:
+                if (symbol, m) in got:
+                    report.filled.append((symbol, m))
+                    self._seen.add((symbol, m))
+                elif (symbol, m) in bad:
+                    report.rejected.append((symbol, m))
+                    self._seen.add((symbol, m))
+                else:
+                    report.no_trade.append((symbol, m))
+                    self._no_trade.add((symbol, m))
+        return report
+
+    def _prune(self, before: datetime) -> None:
+        self._seen = {k for k in self._seen if k[1] >= before}
+        self._no_trade = {k for k in self._no_trade if k[1] >= before}
