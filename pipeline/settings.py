@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     rss_feeds: Annotated[tuple[str, ...], NoDecode] = ()
     rss_poll_seconds: float = Field(default=60.0, gt=0)
     sentiment_model: str = "ProsusAI/finbert"
+    rss_max_bytes: int = Field(default=5 * 1024 * 1024, gt=0)  # decoded body cap per fetch
+    rss_timeout_seconds: float = Field(default=20.0, gt=0)  # total deadline per fetch
+    classifier_batch_size: int = Field(default=16, gt=0)
+    torch_num_threads: int | None = Field(default=1, ge=0)  # 0 = torch's default
 
     metrics_port: int | None = None  # /metrics and /healthz; `run` with several stages uses port+i
     metrics_host: str = "127.0.0.1"

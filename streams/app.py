@@ -56,8 +56,9 @@ class PipelineApp:
         partition: int | None,
         offset: int | None,
         headers: dict[str, bytes] | None = None,
-    ) -> tuple[bytes, bytes]:
-        """Encode a DeadLetter for `spec`'s DLQ; returns (key, value) for the caller to send."""
+    ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """Encode a DeadLetter for `spec`'s DLQ; returns (key, value, headers) for the caller to send
+        (the headers carry the schema name and version in header framing: keep them)."""
         letter = DeadLetter(
             topic=self.settings.topic(spec.name),
             partition=partition,
@@ -70,8 +71,8 @@ class PipelineApp:
             stage=stage,
             failed_at=datetime.now(UTC),
         )
-        encoded, _headers = self.codec.encode(self.settings.topic(spec.dlq.name), letter)
-        return key or b"", encoded
+        encoded, codec_headers = self.codec.encode(self.settings.topic(spec.dlq.name), letter)
+        return key or b"", encoded, codec_headers
 
 
 AgentRegistrar = Callable[[PipelineApp], None]
