@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas.records import Execution
+from streams.execution import exit_reason_of
 
 FILLED = ("SIMULATED", "FILLED")
 MINUTES_PER_YEAR = 252 * 390
@@ -41,13 +42,6 @@ class Trade:
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _exit_reason(e: Execution) -> str | None:
-    for g in reversed(e.gates):
-        if g.name == "exit":
-            return str(g.value) if g.value is not None else g.reason
-    return None
 
 
 @dataclass
@@ -92,7 +86,7 @@ class Ledger:
                     when,
                     e.price,
                     pnl,
-                    _exit_reason(e),
+                    exit_reason_of(e),
                     entry_id,
                     e.recommendation_id,
                 )
