@@ -96,7 +96,8 @@ class Ledger:
                 del self.positions[e.symbol]
             else:
                 self.positions[e.symbol] = (rest, price, opened, entry_id)
-        self.marks[e.symbol] = e.price
+        if e.symbol not in self.marks:
+            self.marks[e.symbol] = e.price
 
     def mark(self, symbol: str, price: float) -> None:
         self.marks[symbol] = price
