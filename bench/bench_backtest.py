@@ -98,7 +98,7 @@ def run_topic(bars: list[Bar]) -> tuple[float, float]:
             ]
             ordered = prepare_bars(read).bars
             t_read = time.perf_counter() - t0
-            res = Backtester(DEFAULT_ACCOUNTS, cal, keep_features=False).run(ordered)
+            Backtester(DEFAULT_ACCOUNTS, cal, keep_features=False).run(ordered)
             total = time.perf_counter() - t0
             return len(ordered) / total, len(ordered) / t_read
         finally:
