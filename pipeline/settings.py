@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     alpaca_stream_url: str | None = None
     alpaca_data_url: str | None = None
 
+    # Trading
+    pipeline_accounts: str | None = None  # inline JSON, or a .json/.toml path; default large-100k + tiny-1k
+    pipeline_clock: Literal["wall", "bar"] = "wall"  # "bar" in a replay: decisions at the bar's end
+    alpaca_trading_url: str | None = None  # trading REST override (paper endpoint by default)
+    alpaca_trading_stream_url: str | None = None  # trade_updates websocket override
+    strategy_version: str | None = None
+    sentiment_half_life_minutes: float | None = Field(default=None, gt=0)
+    sentiment_window_minutes: float | None = Field(default=None, gt=0)
+    signals_require_watchlist: bool | None = None
+    watchlist_top_n: int | None = Field(default=None, gt=0)
+
     # The pipeline
     pipeline_symbols: Annotated[tuple[str, ...], NoDecode] = DEFAULT_SYMBOLS
     pipeline_data_dir: Path = Path(".ops-pipeline")
