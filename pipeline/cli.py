@@ -74,13 +74,25 @@ def _admin(settings: Settings, bootstrap: str) -> Any:
     return AdminClient(admin_config(settings, bootstrap))
 
 
-def provision(settings: Settings, bootstrap: str, database_url: str) -> tuple[list[str], list[str]]:
-    """Create missing contract topics and apply pending migrations; returns what was done."""
+def provision(
+    settings: Settings, bootstrap: str, database_url: str, *, fresh_broker: bool = False
+) -> tuple[list[str], list[str]]:
+    """Create missing contract topics and apply pending migrations; returns what was done.
+
+    With `fresh_broker` (the embedded broker just started, empty: it keeps data in memory only),
+    the sink's stored offsets are cleared: they describe topics that no longer exist, and a sink
+    trusting them would skip the new topics' first records.
+    """
+    import psycopg
+
     from db import migrate
     from pipeline.admin import create_topics
 
     created = create_topics(_admin(settings, bootstrap), prefix=settings.pipeline_topic_prefix)
     applied = migrate.apply(database_url)
+    if fresh_broker:
+        with psycopg.connect(database_url) as conn:
+            conn.execute("DELETE FROM sink_offsets")
     return created, [f"{m.version:04d}_{m.name}" for m in applied]
 
 
@@ -143,7 +155,12 @@ def up(ctx: typer.Context) -> None:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     try:
-        created, applied = provision(settings, services.kafka_bootstrap_servers, services.database_url)
+        created, applied = provision(
+            settings,
+            services.kafka_bootstrap_servers,
+            services.database_url,
+            fresh_broker=services.broker is not None,
+        )
         _print_services(services.kafka_bootstrap_servers, services.database_url, settings, "ops-pipeline up")
         console.print(f"topics created: {len(created)}; migrations applied: {len(applied)}")
         console.print(f"state: {services.data_dir / 'state.json'} — Ctrl-C to stop")
@@ -262,10 +279,17 @@ def run(
         worker = threading.Thread(
             target=_run_stage, args=(names[0], settings, endpoints, stop), name=names[0], daemon=True
         )
+        server = _metrics_server(settings, names[0], worker)
         worker.start()
-        _wait_for_signal_or(worker)
-        stop.set()
-        worker.join(60)
+        try:
+            _wait_for_signal_or(worker)
+            stop.set()
+            worker.join(60)
+        finally:
+            if server is not None:
+                server.stop()
+        if _stage_errors:
+            raise typer.Exit(2 if isinstance(_stage_errors[0], ConfigError) else 1)
         return
     from pipeline.supervisor import supervise
 
@@ -403,7 +427,7 @@ def demo(ctx: typer.Context) -> None:
 
 
 # Modules that add commands to the CLI: each has `register(app: typer.Typer) -> None`.
-COMMAND_MODULES: tuple[str, ...] = ("connectors.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("connectors.cli", "streams.explain", "pipeline.backtest_cli")
 
 
 def _register_extensions() -> None:

@@ -24,6 +24,12 @@ STAGES: dict[str, str] = {
     "bars": "connectors.alpaca_bars:run",
     "rss": "connectors.rss:run",
     "classifier": "streams.classifier:run",
+    "features": "streams.features_agent:run",
+    "signals": "streams.signal_agent:run",
+    "dispatch": "streams.dispatch_agent:run",
+    "positions": "streams.position_agent:run",
+    "watchlist": "streams.watchlist_agent:run",
+    "sink": "sinks.postgres:run",
 }
 
 
