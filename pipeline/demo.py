@@ -1,182 +1,410 @@
-"""`ops-pipeline demo`: what can run today, run end to end, and said plainly.
+"""`ops-pipeline demo`: the whole pipeline over the bundled sample session, on the embedded default.
 
-Until the stages land (connectors, agents, sink: see the issues), the demo brings up the broker and
-PostgreSQL, provisions topics and tables, sends one record of every contract type through the broker
-and reads it back decoded, checks the tables exist, prints what it did, and stops everything.
+Starts (or finds) the broker and PostgreSQL, provisions them, starts every stage as its own process
+with bar time as the clock, replays the session's news and then its bars, waits until every
+consumer group has committed everything and the sink has written everything, prints a summary,
+writes the session's report, checks that an in-process backtest of the same bars and news makes
+the same decisions, stops everything and exits 0 (1 if anything disagreed).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.clients import RecordProducer, read_records
+from pipeline.clients import RecordProducer, read_to_end, true_end_offsets
 from pipeline.embedded import EmbeddedServices, EmbeddedState
+from pipeline.errors import PipelineError
 from pipeline.settings import Settings, redact_url
 from schemas.codec import make_codec
-from schemas.records import (
-    Bar,
-    Execution,
-    Features,
-    GateResult,
-    NewsItem,
-    Position,
-    Recommendation,
-    Record,
-    ScoredNews,
-    WatchlistEntry,
-)
-from schemas.topics import CONTRACT
+from schemas.records import NewsItem
+from schemas.topics import ALL_TOPICS, NEWS_RAW, NEWS_SCORED
 
-TABLES = (
-    "lane_telemetry",
-    "lane_features",
-    "inbound_events_raw",
-    "inbound_events_classified",
-    "dispatch_recommendations",
-    "dispatch_executions",
-    "active_positions",
-    "lane_watchlist_state",
-    "dead_letters",
-    "sink_offsets",
-)
+SESSION_DIR = Path("data/sample_session")
+STAGES = ("features", "classifier", "signals", "dispatch", "positions", "watchlist", "sink")
+INPUT_TOPICS = ("market.bars.1m", "news.raw", "news.scored", "features.1m", "signals", "executions")
 
 
-def sample_records(ts: datetime) -> dict[str, Record]:
-    """One plausible record per contract topic (also used by the tests)."""
-    feats = Features(
-        "AAPL",
-        ts,
-        190.1,
-        189.9,
-        189.5,
-        12000,
-        8000.0,
-        1.5,
-        False,
-        55.0,
-        0.12,
-        0.10,
-        0.02,
-        191.0,
-        189.9,
-        188.8,
-        60,
-        0,
-    )
+def _session_dir(data_dir: Path) -> Path:
+    """The bundled session, or a regenerated copy when running outside the repository."""
+    if (SESSION_DIR / "bars.csv").exists():
+        return SESSION_DIR
+    from pipeline import sample_session
+
+    out = data_dir / "sample_session"
+    if not (out / "bars.csv").exists():
+        sample_session.write(out)
+    return out
+
+
+def _news_items(path: Path) -> list[NewsItem]:
+    from connectors.feeds import html_to_text
+
+    items = []
+    for line in path.read_text("utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        published = datetime.fromisoformat(row["published"])
+        items.append(
+            NewsItem(
+                row["id"],
+                row["feed"],
+                row["title"],
+                html_to_text(row["summary"]),
+                row.get("link"),
+                published,
+                published,
+                False,
+            )
+        )
+    return items
+
+
+class Stages:
+    """Every stage as `ops-pipeline run --only NAME`, logs to files, stopped with SIGTERM."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, names: tuple[str, ...]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "run", "--only", name],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()
+
+    def dead(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _committed(settings: Settings, bootstrap: str, topics: set[str]) -> dict[str, dict[tuple[str, int], int]]:
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    from pipeline.kafka import admin_config
+
+    admin = AdminClient(admin_config(settings, bootstrap))
+    out: dict[str, dict[tuple[str, int], int]] = {}
+    for g in admin.list_consumer_groups(request_timeout=15).result().valid:
+        fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g.group_id)])[g.group_id]
+        mine = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in fut.result().topic_partitions
+            if tp.topic in topics and tp.offset >= 0
+        }
+        if mine:
+            out[g.group_id] = mine
+    return out
+
+
+def _sink_offsets(database_url: str) -> dict[tuple[str, int], int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute('SELECT topic, "partition", next_offset FROM sink_offsets').fetchall()
+    return {(t, p): o for t, p, o in rows}
+
+
+def wait_drained(
+    settings: Settings,
+    bootstrap: str,
+    database_url: str,
+    stages: Stages,
+    console: Console,
+    timeout_s: float = 240.0,
+) -> float:
+    """Until every group that consumes a contract topic has committed its end, and the sink's
+    offsets reach the end of every topic, twice in a row with nothing new written."""
+    names = [settings.topic(t.name) for t in ALL_TOPICS]
+    inputs = {settings.topic(t) for t in INPUT_TOPICS}
+    started = time.monotonic()
+    previous: dict[tuple[str, int], int] | None = None
+    while time.monotonic() - started < timeout_s:
+        dead = stages.dead()
+        if dead:
+            raise PipelineError(f"stage(s) exited: {', '.join(dead)} (see {stages.log_dir})")
+        ends = {k: v for k, v in true_end_offsets(settings, bootstrap, names).items() if v > 0}
+        groups = _committed(settings, bootstrap, inputs)
+        sink = _sink_offsets(database_url)
+        behind_groups = {
+            g: sum(max(0, ends.get(tp, 0) - off) for tp, off in c.items()) for g, c in groups.items()
+        }
+        expected_groups = {
+            f"{settings.pipeline_topic_prefix}ops-pipeline-{s}"
+            for s in ("features", "classifier", "signals", "dispatch", "positions", "watchlist")
+        }
+        missing = [g for g in expected_groups if g not in groups]
+        sink_behind = sum(max(0, end - sink.get(tp, 0)) for tp, end in ends.items())
+        lag = sum(behind_groups.values())
+        console.print(
+            f"  waiting: consumer lag {lag}, sink behind {sink_behind}"
+            + (f", groups not committed yet: {len(missing)}" if missing else "")
+        )
+        if lag == 0 and sink_behind == 0 and not missing and ends == previous:
+            return time.monotonic() - started
+        previous = ends
+        time.sleep(2.0)
+    raise PipelineError(f"not drained after {timeout_s:.0f}s (see the stage logs in {stages.log_dir})")
+
+
+def _summary(database_url: str, console: Console) -> dict[str, Any]:
+    with psycopg.connect(database_url) as conn:
+
+        def one(q: str) -> int:
+            row = conn.execute(q).fetchone()
+            return int(row[0]) if row else 0
+
+        counts = {
+            "bars": one("SELECT count(*) FROM lane_telemetry"),
+            "features": one("SELECT count(*) FROM lane_features"),
+            "news items": one("SELECT count(*) FROM inbound_events_raw"),
+            "news scored (item, ticker)": one("SELECT count(*) FROM inbound_events_classified"),
+            "recommendations": one("SELECT count(*) FROM dispatch_recommendations"),
+            "watchlist entries": one("SELECT count(*) FROM lane_watchlist_state"),
+            "dead letters": one("SELECT count(*) FROM dead_letters"),
+        }
+        recs = conn.execute(
+            "SELECT status, count(*) FROM dispatch_recommendations GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        execs = conn.execute(
+            "SELECT account_name, status, count(*) FROM dispatch_executions GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+        processing = one("SELECT count(*) FROM dispatch_recommendations WHERE status = 'PROCESSING'")
+        twice = one(
+            "SELECT count(*) FROM (SELECT recommendation_id, account_name FROM dispatch_executions "
+            "GROUP BY 1, 2 HAVING count(*) > 1) d"
+        )
+        no_bar = one(
+            "SELECT count(*) FROM dispatch_executions WHERE sim_json->'bar_used'->>'timestamp' IS NULL"
+        )
+    t = Table(title="pipeline output (PostgreSQL)")
+    t.add_column("what")
+    t.add_column("rows", justify="right")
+    for k, v in counts.items():
+        t.add_row(k, str(v))
+    console.print(t)
+    r = Table(title="recommendations by status")
+    r.add_column("status")
+    r.add_column("count", justify="right")
+    for status, n in recs:
+        r.add_row(status, str(n))
+    console.print(r)
+    e = Table(title="executions by account and status")
+    for col in ("account", "status", "count"):
+        e.add_column(col)
+    for acc, status, n in execs:
+        e.add_row(acc, status, str(n))
+    console.print(e)
+    runbook = {
+        "status PROCESSING": processing,
+        "two executions per (recommendation, account)": twice,
+        "executions without sim_json.bar_used.timestamp": no_bar,
+    }
+    console.print("runbook checks: " + ", ".join(f"{k}: {v}" for k, v in runbook.items()))
     return {
-        "market.bars.1m": Bar("AAPL", ts, 190.0, 190.3, 189.8, 190.1, 12000, 85, 190.05, "replay", 0),
-        "news.raw": NewsItem(
-            "n-1", "demo", "Apple beats estimates", "Revenue up", "https://example.invalid/a", ts, ts, False
-        ),
-        "news.scored": ScoredNews("n-1", "AAPL", ["AAPL"], "positive", 0.93, "lexicon:vader", ts),
-        "features.1m": feats,
-        "signals": Recommendation(
-            "4b9d1c5e-0000-5000-8000-000000000001",
-            "AAPL",
-            ts,
-            "BUY",
-            0.8,
-            1.0,
-            0.8,
-            0.4,
-            "trend up, sentiment agrees",
-            {"close": 190.1, "sma_20": None},
-            "demo-1",
-        ),
-        "executions": Execution(
-            "4b9d1c5e-0000-5000-8000-000000000001",
-            "large-100k",
-            "AAPL",
-            "BUY",
-            "SIMULATED",
-            [GateResult("confidence", True, 0.8, 0.7, "ok")],
-            None,
-            10.0,
-            190.12,
-            ts,
-            None,
-            None,
-            "simulate",
-            ts,
-            "entry",
-        ),
-        "positions": Position("large-100k", "AAPL", 10.0, 190.12, ts, 186.3, 197.7, "OPEN", 0.0, ts, None),
-        "watchlist": WatchlistEntry("AAPL", ts, 0.82, 1, 1.5, 0.004, 0.4, ["volume", "momentum"]),
+        "counts": counts,
+        "recommendations": dict(recs),
+        "runbook": runbook,
+        "executions": [{"account": a, "status": s, "count": n} for a, s, n in execs],
     }
 
 
 def run_demo(settings: Settings, console: Console) -> int:
+    from connectors.replay import load_bar_file, prepare_rows
     from pipeline.cli import provision
 
     started = time.monotonic()
+    session = _session_dir(settings.pipeline_data_dir)
+    console.print(
+        f"[bold]ops-pipeline demo[/bold]: the bundled sample session ({session}; synthetic, "
+        "7 symbols, one regular session of IEX-like minute bars and the day's news)"
+    )
     with ExitStack() as stack:
         state = EmbeddedState.read(settings.pipeline_data_dir)
         db_env = settings.database_url.get_secret_value() if settings.database_url else None
         bootstrap = settings.kafka_bootstrap_servers or (state.kafka_bootstrap_servers if state else None)
         db = db_env or (state.database_url if state else None)
+        fresh = False
         if bootstrap is None or db is None:
             services = EmbeddedServices(
                 settings.pipeline_data_dir, kafka_bootstrap_servers=bootstrap, database_url=db
             )
-            console.print("starting embedded services under", str(services.data_dir))
+            console.print(f"starting the embedded services under {services.data_dir}")
             stack.enter_context(services)
             bootstrap, db = services.kafka_bootstrap_servers, services.database_url
-        else:
-            console.print("using running/configured services")
-        created, applied = provision(settings, bootstrap, db)
+            fresh = services.broker is not None
+        created, applied = provision(settings, bootstrap, db, fresh_broker=fresh)
         console.print(
-            f"broker {bootstrap}: created {len(created)} topics; "
-            f"PostgreSQL {redact_url(db)}: applied {len(applied)} migrations"
+            f"broker {bootstrap}: {len(created)} topics created; PostgreSQL {redact_url(db)}: "
+            f"{len(applied)} migrations applied"
         )
+
+        env = dict(
+            os.environ,
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            DATABASE_URL=db,
+            PIPELINE_CLOCK="bar",
+            PIPELINE_TOPIC_PREFIX=settings.pipeline_topic_prefix,
+            PIPELINE_DATA_DIR=str(settings.pipeline_data_dir),
+        )
+        stages = Stages(env, settings.pipeline_data_dir / "logs")
+        stack.callback(stages.stop)
+        stages.start(STAGES)
+        console.print(f"started {len(STAGES)} stages ({', '.join(STAGES)}); logs in {stages.log_dir}")
 
         codec = make_codec(settings.schema_registry_url)
-        samples = sample_records(datetime.now(UTC).replace(second=0, microsecond=0))
-        table = Table(title="round trip through the broker (one record per contract topic)")
-        for col in ("topic", "record", "sent", "read back", "equal"):
-            table.add_column(col)
-        ok = True
+        news = _news_items(session / "news.jsonl")
         with RecordProducer(settings, bootstrap, codec) as producer:
-            for spec in CONTRACT:
-                producer.send(spec, samples[spec.name])
-        for spec in CONTRACT:
-            got = read_records(settings, bootstrap, codec, spec, quiet_s=0.3)
-            same = any(r == samples[spec.name] for _, r in got)
-            ok &= same
-            table.add_row(
-                settings.topic(spec.name),
-                spec.record.__name__,
-                "1",
-                str(len(got)),
-                "yes" if same else "[red]NO[/red]",
-            )
-        console.print(table)
+            for item in news:
+                producer.send(NEWS_RAW, item)
+        console.print(f"published {len(news)} news items; waiting for the classifier")
+        _wait_scored(settings, bootstrap, {n.id for n in news}, stages)
 
-        with psycopg.connect(db) as conn:
-            present = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-                )
-            }
-        missing = [t for t in TABLES if t not in present]
-        ok &= not missing
+        prep = prepare_rows(load_bar_file(session / "bars.csv"))
+        from connectors.intake import BarIntake, ProducerSink
+        from connectors.replay import publish
+
+        with RecordProducer(settings, bootstrap, codec) as producer:
+            report = publish(prep, BarIntake(ProducerSink(producer), symbols=None), origin="demo", speed=None)
         console.print(
-            f"tables: {len(TABLES) - len(missing)}/{len(TABLES)} present"
-            + (f", missing {missing}" if missing else "")
+            f"replayed {report.published} bars ({report.repeats} exact repeats skipped); "
+            "waiting until every stage has drained"
         )
-        console.print(
-            "[yellow]not yet built:[/yellow] the connectors, agents and sink; this demo checks the "
-            "foundation only (services, topics, schemas, migrations)."
-        )
+        waited = wait_drained(settings, bootstrap, db, stages, console)
+        console.print(f"drained in {waited:.0f}s")
+        summary = _summary(db, console)
+        out = Path("reports") / "demo"
+        parity = _report_and_parity(settings, bootstrap, codec, prep.bars, out, console)
+        summary["parity"] = parity
+        (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        ok = parity["identical"] and not any(summary["runbook"].values())
     console.print(
-        f"demo finished in {time.monotonic() - started:.1f}s; services stopped"
-        if not (state and bootstrap == state.kafka_bootstrap_servers)
-        else f"demo finished in {time.monotonic() - started:.1f}s"
+        f"demo finished in {time.monotonic() - started:.0f}s; stages and services stopped"
+        if fresh
+        else f"demo finished in {time.monotonic() - started:.0f}s; stages stopped"
     )
     return 0 if ok else 1
+
+
+def _wait_scored(
+    settings: Settings, bootstrap: str, ids: set[str], stages: Stages, timeout_s: float = 180
+) -> None:
+    from pipeline.errors import DecodeError
+    from schemas.codec import decode
+
+    codec = make_codec(settings.schema_registry_url)
+    topic = settings.topic(NEWS_SCORED.name)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if stages.dead():
+            raise PipelineError(f"stage(s) exited: {', '.join(stages.dead())} (see {stages.log_dir})")
+        seen = set()
+        for m in read_to_end(settings, bootstrap, topic, quiet_s=0.3):
+            try:
+                seen.add(decode(codec, NEWS_SCORED.record, m.value, m.headers, topic=topic).id)  # type: ignore[attr-defined]
+            except DecodeError:
+                continue
+        if ids <= seen:
+            return
+        time.sleep(1.0)
+    raise PipelineError(f"the classifier did not score the news within {timeout_s:.0f}s")
+
+
+def _report_and_parity(
+    settings: Settings, bootstrap: str, codec: Any, bars: list[Any], out: Path, console: Console
+) -> dict[str, Any]:
+    """The session's report from the live executions, and the same session backtested in-process."""
+    from pipeline.backtest import Backtester
+    from pipeline.backtest_cli import print_summary, write_outputs
+    from pipeline.clients import read_records
+    from schemas.records import Execution, Recommendation, ScoredNews
+    from schemas.topics import EXECUTIONS, SIGNALS
+    from streams.accounts import accounts_from_settings
+    from streams.gates import ExchangeCalendar
+    from streams.signal_agent import strategy_from_settings
+
+    def records(spec: Any) -> list[Any]:
+        return [
+            r
+            for _, r in read_records(settings, bootstrap, codec, spec, quiet_s=0.3)
+            if not isinstance(r, Exception)
+        ]
+
+    live_execs: list[Execution] = records(EXECUTIONS)
+    live_signals: list[Recommendation] = records(SIGNALS)
+    scored: list[ScoredNews] = records(NEWS_SCORED)
+
+    calendar = ExchangeCalendar()
+    if bars:
+        calendar.session(bars[0].ts.date())  # load it before the backtest's clock starts
+    bt = Backtester(accounts_from_settings(settings), calendar, strategy_from_settings(settings))
+    bt.add_news(scored)
+    result = bt.run(bars)
+    summary = write_outputs(out, result, "ops-pipeline demo: the sample session (backtest of the same bars)")
+    print_summary(summary)
+
+    def decisions(execs: list[Execution]) -> dict[tuple[str, str], tuple[Any, ...]]:
+        final: dict[tuple[str, str], tuple[Any, ...]] = {}
+        for e in execs:
+            final[(e.recommendation_id, e.account)] = (
+                e.action,
+                e.status,
+                e.intent,
+                e.failure_reason,
+                tuple((g.name, g.passed) for g in e.gates),
+            )
+        return final
+
+    live, replayed = decisions(live_execs), decisions(result.executions)
+    sig_live = {(r.id, r.action, round(r.confidence, 12)) for r in live_signals}
+    sig_bt = {(r.id, r.action, round(r.confidence, 12)) for r in result.signals}
+    identical = live == replayed and sig_live == sig_bt
+    console.print(
+        f"live vs in-process backtest of the same session: {len(sig_live)} vs {len(sig_bt)} recommendations, "
+        f"{len(live)} vs {len(replayed)} decisions: "
+        + ("[green]identical[/green]" if identical else "[red]DIFFERENT[/red]")
+    )
+    if not identical:
+        diff = sorted(set(live.items()) ^ set(replayed.items()))[:5]
+        console.print(f"first differences: {diff}")
+    console.print(
+        f"report: {out / 'report.html'} (and features/signals/executions/trades CSVs, summary.json)"
+    )
+    return {
+        "identical": identical,
+        "live_decisions": len(live),
+        "backtest_decisions": len(replayed),
+        "live_recommendations": len(sig_live),
+        "backtest_recommendations": len(sig_bt),
+    }

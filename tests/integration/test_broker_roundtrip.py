@@ -9,12 +9,12 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.admin import create_topics, describe_topics, list_topics
 from pipeline.clients import RecordProducer, read_records
-from pipeline.demo import sample_records
 from pipeline.errors import DecodeError
 from pipeline.kafka import admin_config
 from pipeline.settings import Settings
 from schemas.codec import HeaderCodec, RegistryCodec
 from schemas.topics import ALL_TOPICS, BARS, CONTRACT, SYMBOL_PARTITIONS
+from tests.samples import sample_records
 
 pytestmark = pytest.mark.integration
 TS = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)

@@ -11,11 +11,11 @@ from typing import ClassVar
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from pipeline.demo import sample_records
 from pipeline.errors import DecodeError, SchemaError
 from schemas.codec import HeaderCodec, RegistryCodec, SchemaSet, decode
 from schemas.records import Bar, DeadLetter, Features, Record
 from schemas.topics import ALL_TOPICS, CONTRACT
+from tests.samples import sample_records
 
 TS = datetime(2026, 11, 20, 14, 31, tzinfo=UTC)
 

@@ -1,0 +1,82 @@
+"""One plausible record per contract topic, shared by the codec and broker round-trip tests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from schemas.records import (
+    Bar,
+    Execution,
+    Features,
+    GateResult,
+    NewsItem,
+    Position,
+    Recommendation,
+    Record,
+    ScoredNews,
+    WatchlistEntry,
+)
+
+
+def sample_records(ts: datetime) -> dict[str, Record]:
+    """One plausible record per contract topic (also used by the tests)."""
+    feats = Features(
+        "AAPL",
+        ts,
+        190.1,
+        189.9,
+        189.5,
+        12000,
+        8000.0,
+        1.5,
+        False,
+        55.0,
+        0.12,
+        0.10,
+        0.02,
+        191.0,
+        189.9,
+        188.8,
+        60,
+        0,
+    )
+    return {
+        "market.bars.1m": Bar("AAPL", ts, 190.0, 190.3, 189.8, 190.1, 12000, 85, 190.05, "replay", 0),
+        "news.raw": NewsItem(
+            "n-1", "demo", "Apple beats estimates", "Revenue up", "https://example.invalid/a", ts, ts, False
+        ),
+        "news.scored": ScoredNews("n-1", "AAPL", ["AAPL"], "positive", 0.93, "lexicon:vader", ts),
+        "features.1m": feats,
+        "signals": Recommendation(
+            "4b9d1c5e-0000-5000-8000-000000000001",
+            "AAPL",
+            ts,
+            "BUY",
+            0.8,
+            1.0,
+            0.8,
+            0.4,
+            "trend up, sentiment agrees",
+            {"close": 190.1, "sma_20": None},
+            "demo-1",
+        ),
+        "executions": Execution(
+            "4b9d1c5e-0000-5000-8000-000000000001",
+            "large-100k",
+            "AAPL",
+            "BUY",
+            "SIMULATED",
+            [GateResult("confidence", True, 0.8, 0.7, "ok")],
+            None,
+            10.0,
+            190.12,
+            ts,
+            None,
+            None,
+            "simulate",
+            ts,
+            "entry",
+        ),
+        "positions": Position("large-100k", "AAPL", 10.0, 190.12, ts, 186.3, 197.7, "OPEN", 0.0, ts, None),
+        "watchlist": WatchlistEntry("AAPL", ts, 0.82, 1, 1.5, 0.004, 0.4, ["volume", "momentum"]),
+    }
