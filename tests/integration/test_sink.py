@@ -21,7 +21,6 @@ import psycopg
 import pytest
 
 from pipeline.clients import RecordProducer
-from pipeline.demo import sample_records
 from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
 from schemas.codec import HeaderCodec
@@ -50,6 +49,7 @@ from schemas.topics import (
     TopicSpec,
 )
 from sinks.postgres import PostgresSink, SinkConfig, SinkStats
+from tests.samples import sample_records
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.demo import sample_records
 from schemas.codec import HeaderCodec
 from schemas.topics import CONTRACT
 from sinks.avro import compile_reader
+from tests.samples import sample_records
 
 CODEC = HeaderCodec()
 SCHEMAS = {spec.name: CODEC.schemas.get(spec.record.SCHEMA) for spec in CONTRACT}

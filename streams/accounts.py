@@ -1,0 +1,358 @@
+"""The accounts the pipeline trades, and the desk that decides for one of them.
+
+An AccountDesk owns one account's state and is its only writer: recommendations (entries and
+signal reversals) and bars (stop, target, trailing, end-of-session exits) go through the same
+gates and the same execution builder, and every Execution it emits is folded back into its state
+by apply(), the same function that rebuilds the state from the executions topic after a restart.
+Pure: the dispatch agent, the backtester and the tests drive it with an injected clock time.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from schemas.records import Execution, Recommendation
+from streams import execution as ex
+from streams.gates import (
+    DEFAULT_ACCOUNTS,
+    NEW_YORK,
+    AccountConfig,
+    AccountState,
+    GateEvaluator,
+    OrderPlan,
+    SessionCalendar,
+    entry_window,
+    failure_reason,
+    trading_day,
+)
+from streams.positions import OpenPosition
+
+_BAR = timedelta(minutes=1)
+_TICK = timedelta(microseconds=1)
+_NO_EXITS: tuple[Execution, ...] = ()
+_BASES = {a.name: a for a in DEFAULT_ACCOUNTS}
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def parse_accounts(data: Any) -> tuple[AccountConfig, ...]:
+    """Accounts from decoded JSON/TOML: a list of objects or {"accounts": [...]}.
+
+    An object may name a "base" ("large-100k" or "tiny-1k") whose defaults it overrides.
+    """
+    if isinstance(data, dict):
+        data = data.get("accounts")
+    if not isinstance(data, list) or not data:
+        raise ValueError("accounts: expected a non-empty list of account objects")
+    out: list[AccountConfig] = []
+    for raw in data:
+        if not isinstance(raw, dict):
+            raise ValueError(f"accounts: {raw!r} is not an object")
+        raw = dict(raw)
+        base_name = raw.pop("base", None)
+        if base_name is not None:
+            base = _BASES.get(base_name)
+            if base is None:
+                raise ValueError(f"accounts: unknown base {base_name!r} (known: {sorted(_BASES)})")
+            merged = base.to_dict()
+            exits = {**merged.pop("exits"), **raw.pop("exits", {})}
+            merged.update(raw)
+            merged["exits"] = exits
+            raw = merged
+        out.append(AccountConfig.from_dict(raw))
+    names = [a.name for a in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"accounts: duplicate names in {names}")
+    return tuple(out)
+
+
+def load_accounts(value: str | Path | None) -> tuple[AccountConfig, ...]:
+    """PIPELINE_ACCOUNTS: unset -> the defaults; inline JSON; or a path to a .json/.toml file."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_ACCOUNTS
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        return parse_accounts(json.loads(value))
+    path = Path(value)
+    text = path.read_text("utf-8")
+    if path.suffix == ".toml":
+        return parse_accounts(tomllib.loads(text))
+    return parse_accounts(json.loads(text))
+
+
+def accounts_from_settings(settings: Any) -> tuple[AccountConfig, ...]:
+    return load_accounts(getattr(settings, "pipeline_accounts", None))
+
+
+# -- the desk -----------------------------------------------------------------------------------
+
+
+class AccountDesk:
+    """Decides for one account: exactly one Execution per (recommendation, account)."""
+
+    __slots__ = ("config", "calendar", "gates", "state", "_status", "_submitted", "_marks", "_day_cache",
+                 "_last_stamp")
+
+    def __init__(self, config: AccountConfig, calendar: SessionCalendar) -> None:
+        self.config = config
+        self.calendar = calendar
+        self.gates = GateEvaluator(config, calendar)
+        self.state = AccountState(config.exits)
+        self._status: dict[str, str] = {}  # recommendation id -> latest execution status
+        self._submitted: dict[str, Execution] = {}  # orders whose outcome is not known yet
+        self._marks: dict[str, float] = {}  # last close of each held symbol
+        # (utc start, utc end, flatten-at or None, date) of the trading day last looked up
+        self._day_cache: tuple[datetime, datetime, datetime | None, date] | None = None
+        self._last_stamp: datetime | None = None
+
+    def _stamp(self, now: datetime) -> datetime:
+        """decided_at: the clock time, nudged by microseconds to be strictly increasing per account,
+        so sorting the executions topic by it gives back the order of the decisions."""
+        last = self._last_stamp
+        if last is not None and now <= last:
+            now = last + _TICK
+        self._last_stamp = now
+        return now
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def status_of(self, recommendation_id: str) -> str | None:
+        return self._status.get(recommendation_id)
+
+    def decided_count(self) -> int:
+        return len(self._status)
+
+    def submitted(self) -> list[Execution]:
+        """Orders sent (or being sent) whose outcome is not known: what a reconcile pass checks."""
+        return list(self._submitted.values())
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    def on_recommendation(self, rec: Recommendation, now: datetime) -> Execution | None:
+        """The decision on `rec`, or None if this account already decided on it."""
+        if rec.id in self._status:
+            return None
+        stamp = self._stamp(now)
+        state = self.state
+        state.roll(self._day(now)[3])
+        close = rec.features.get("close")
+        price = float(close) if close is not None else float("nan")
+        pos = state.book.reverses(rec.symbol, rec.action)
+        if pos is not None:
+            return self._exit(rec.id, pos, price, rec.ts, now, "reversal",
+                              f"{rec.action} signal {rec.id} reverses the position", stamp)
+        config = self.config
+        qty = ex.entry_qty(config.notional_per_trade, price, fractional=config.fractional)
+        plan = OrderPlan(rec.symbol, rec.action, "entry", rec.confidence, rec.ts, price, qty)
+        gates = self.gates.evaluate(state, plan, now)
+        reason = failure_reason(gates)
+        if reason is not None:
+            status, fill = ex.SKIPPED, None
+        elif config.mode == "simulate":
+            status, fill = ex.SIMULATED, ex.simulated_price(rec.action, price, config.slippage_bps)
+        else:
+            status, fill = ex.SUBMITTED, price  # the reference price until the broker fills it
+        execution = ex.build_execution(
+            recommendation_id=rec.id,
+            account=config.name,
+            symbol=rec.symbol,
+            action=rec.action,
+            status=status,
+            gates=gates,
+            failure_reason=reason,
+            qty=qty,
+            price=fill,
+            bar_used_ts=rec.ts,
+            mode=config.mode,
+            decided_at=stamp,
+            intent="entry",
+            with_client_order_id=config.mode != "simulate" and reason is None,
+        )
+        self.apply(execution)
+        return execution
+
+    def on_bar(self, symbol: str, ts: datetime, close: float, now: datetime) -> Sequence[Execution]:
+        """Exits this bar triggers: the symbol's own rules, then end-of-session for every position."""
+        book = self.state.book
+        if not book._positions:  # the common case, kept to one check
+            return _NO_EXITS
+        bar_end = ts + _BAR
+        day = self._day_cache
+        if day is None or not day[0] <= bar_end < day[1]:
+            day = self._day(bar_end)
+        flatten_at = day[2]
+        flatten = flatten_at is not None and bar_end >= flatten_at
+        out: list[Execution] = []
+        pos = book._positions.get(symbol)
+        # Only bars after the last one that acted on the position (its entry, a failed exit) count:
+        # a bar redelivered after a restart can be older.
+        if pos is not None and ts > pos.last_bar:
+            self._marks[symbol] = close
+            stale = pos.opened_at < day[0]  # left open from an earlier day
+            reason = book.check_bar(symbol, close, flatten or stale)
+            if reason is not None:
+                out.append(self._rule_exit(pos, close, ts, now, reason))
+        if flatten and self.config.exits.flat_at_close:
+            for other in book:
+                if other.status == "OPEN" and other.symbol != symbol and ts > other.last_bar:
+                    mark = self._marks.get(other.symbol, other.avg_price)
+                    out.append(self._rule_exit(other, mark, ts, now, "end_of_session"))
+        return out or _NO_EXITS
+
+    def _rule_exit(self, pos: OpenPosition, price: float, ts: datetime, now: datetime,
+                   reason: str) -> Execution:
+        detail = {
+            "stop_loss": f"close {price:.4f} crossed stop {pos.stop:.4f}",
+            "take_profit": f"close {price:.4f} reached target {pos.target:.4f}",
+            "trailing_stop": f"close {price:.4f} fell back from {pos.extreme:.4f}",
+            "end_of_session": "flat before the close",
+        }.get(reason, reason)
+        rid = ex.exit_id(self.config.name, pos.entry_id, pos.exit_attempts)
+        out = self._exit(rid, pos, price, ts, now, reason, detail)
+        assert out is not None
+        return out
+
+    def _exit(self, rid: str, pos: OpenPosition, price: float, bar_ts: datetime, now: datetime,
+              reason: str, detail: str, stamp: datetime | None = None) -> Execution | None:
+        if rid in self._status:
+            return None
+        if stamp is None:
+            stamp = self._stamp(now)
+        config = self.config
+        action = pos.exit_action
+        plan = OrderPlan(pos.symbol, action, "exit", 1.0, bar_ts, price, pos.qty)
+        gates = self.gates.evaluate(self.state, plan, now)
+        gates.append(ex.exit_gate(reason, detail))
+        if config.mode == "simulate":
+            status, fill = ex.SIMULATED, ex.simulated_price(action, price, config.slippage_bps)
+        else:
+            status, fill = ex.SUBMITTED, price
+        execution = ex.build_execution(
+            recommendation_id=rid,
+            account=config.name,
+            symbol=pos.symbol,
+            action=action,
+            status=status,
+            gates=gates,
+            failure_reason=None,
+            qty=pos.qty,
+            price=fill,
+            bar_used_ts=bar_ts,
+            mode=config.mode,
+            decided_at=stamp,
+            intent="exit",
+            with_client_order_id=config.mode != "simulate",
+        )
+        self.apply(execution)
+        return execution
+
+    # -- folding executions into the state ------------------------------------------------------
+
+    def apply(self, execution: Execution) -> bool:
+        """Folds one execution record (a decision or a later status of it) into the state.
+
+        Idempotent per (id, status): a record seen again changes nothing. Returns whether the
+        state changed. Used for the desk's own decisions, for broker updates, and to rebuild the
+        state from the executions topic in order.
+        """
+        if execution.account != self.config.name:
+            return False
+        rid = execution.recommendation_id
+        prev = self._status.get(rid)
+        status = execution.status
+        if prev == status:
+            if status == ex.SUBMITTED and execution.broker_order_id:
+                self._submitted[rid] = execution  # the broker's id became known
+            return False
+        if prev is not None and prev != ex.SUBMITTED:
+            return False  # final statuses do not change
+        state = self.state
+        book = state.book
+        symbol = execution.symbol
+        entry = execution.intent == "entry"
+        if prev is None:
+            if self._last_stamp is None or execution.decided_at > self._last_stamp:
+                self._last_stamp = execution.decided_at
+            state.roll(self._day(execution.decided_at)[3])
+            if status != ex.SKIPPED:
+                state.record_submit(execution.decided_at)
+                if entry:
+                    state.trades_today += 1
+        qty = execution.qty or 0.0
+        price = execution.price if execution.price is not None else 0.0
+        if status in (ex.SIMULATED, ex.FILLED):
+            if entry:
+                if prev is None:
+                    self._open(execution, qty, price, pending=False)
+                else:
+                    book.fill_entry(symbol, qty, price)
+            else:
+                state.realize(book.close(symbol, qty, price), self.config)
+                if book.get(symbol) is None:
+                    self._marks.pop(symbol, None)
+        elif status == ex.SUBMITTED:
+            if entry:
+                self._open(execution, qty, price, pending=True)
+            else:
+                book.begin_exit(symbol)
+        elif status == ex.FAILED and prev == ex.SUBMITTED:
+            if entry:
+                book.cancel_entry(symbol)
+            else:
+                book.abort_exit(symbol, execution.bar_used_ts)
+        if status == ex.SUBMITTED:
+            self._submitted[rid] = execution
+        else:
+            self._submitted.pop(rid, None)
+        self._status[rid] = status
+        return True
+
+    def _open(self, execution: Execution, qty: float, price: float, *, pending: bool) -> None:
+        book = self.state.book
+        if book.get(execution.symbol) is not None:
+            return  # only a history that lost a record can get here; the open position stands
+        book.open(execution.symbol, execution.action, qty, price,
+                  execution.bar_used_ts or execution.decided_at, execution.recommendation_id,
+                  pending=pending)
+
+    def rebuild(self, executions: Iterable[Execution]) -> int:
+        """Folds a history of executions (this account's are picked) in decision order."""
+        mine = [e for e in executions if e.account == self.config.name]
+        mine.sort(key=lambda e: e.decided_at)  # stable: a record's later statuses stay after it
+        return sum(1 for e in mine if self.apply(e))
+
+    # -- the trading day ------------------------------------------------------------------------
+
+    def _day(self, at: datetime) -> tuple[datetime, datetime, datetime | None, date]:
+        """(start, end, flatten-at, date) of the trading day of `at`, times in UTC (fast to compare),
+        cached: most calls fall in the day of the previous one."""
+        cache = self._day_cache
+        if cache is not None and cache[0] <= at < cache[1]:
+            return cache
+        day = trading_day(at)
+        start = _ny_midnight(day).astimezone(UTC)
+        end = _ny_midnight(day + timedelta(days=1)).astimezone(UTC)
+        try:
+            window = entry_window(self.config, self.calendar, day)
+        except LookupError:
+            window = None
+        cache = (start, end, None if window is None else window[1], day)
+        self._day_cache = cache
+        return cache
+
+
+def _ny_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=NEW_YORK)
+
+
+def with_status(execution: Execution, status: str, **changes: Any) -> Execution:
+    """A later status of the same decision (decided_at and gates unchanged)."""
+    return replace(execution, status=status, **changes)

@@ -1,0 +1,344 @@
+"""The dispatch agent: one faust agent per account, signals + features.1m -> executions.
+
+Each account's AccountDesk decides entries (recommendations through the gates), reversals and
+rule exits (bars), and is the only writer of that account's state. Exactly one decision per
+(recommendation, account) across redeliveries and restarts comes from rebuilding the desks from
+the executions topic before the first batch (and after a rebalance), not from a faust Table:
+the executions topic already is the durable log of every decision (their key is
+account:recommendation id), an execution is delivered before its input is acked, and the desk
+folds it with the same apply() it uses live, so the decided ids, positions, trades today, realized
+P&L and kill switch all come back together and cannot disagree with what was published. A Table
+would be a second copy of the same facts, written in a separate step (so a crash between the
+two can split them), and a changelog whose partition follows the input event rather than the
+account, which faust only keeps consistent for co-partitioned keys.
+
+alpaca-paper: a decision that passed the gates is published as SUBMITTED (write-ahead) and
+delivered before the order is POSTed, so a crash between the POST and its answer leaves a record
+that the start-up reconcile pass resolves by client_order_id, never a second order.
+Runs as one worker: an account's limits need all of its signals in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from connectors.credentials import CredentialSource
+from pipeline.runtime import Endpoints
+from pipeline.settings import Settings
+from schemas.records import Execution, Features, Recommendation
+from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
+from streams.accounts import AccountDesk, accounts_from_settings
+from streams.alpaca_orders import AlpacaOrders, OrderOutcome, TradeUpdates, outcome_of_update
+from streams.app import PipelineApp, create_app, run_app
+from streams.clock import Clock, WallClock
+from streams.execution import FAILED, SUBMITTED
+from streams.gates import DEFAULT_ACCOUNTS, AccountConfig, ExchangeCalendar, SessionCalendar
+from streams.signal_agent import EventIO, run_batches
+
+log = logging.getLogger(__name__)
+
+STAGE = "dispatch"
+APP_ID = "ops-pipeline-dispatch"
+_BAR = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    accounts: tuple[AccountConfig, ...] = DEFAULT_ACCOUNTS
+    clock: str = "wall"  # "wall" live; "bar" in a replay: each event is decided at its bar's end
+    batch_size: int = 200
+    batch_within_s: float = 0.05
+    reconcile_every_s: float = 30.0
+    unknown_after_s: float = 120.0  # an unknown order Alpaca still does not know this long: FAILED
+    order_timeout_s: float = 10.0
+    alpaca_url: str | None = None  # trading REST override (paper endpoint by default)
+    alpaca_stream_url: str | None = None  # trade_updates websocket override
+    trade_updates: bool = True
+
+    def __post_init__(self) -> None:
+        if self.clock not in ("wall", "bar"):
+            raise ValueError(f"clock must be 'wall' or 'bar', not {self.clock!r}")
+        names = [a.name for a in self.accounts]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"accounts: need distinct names, got {names}")
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> DispatchConfig:
+        conf: dict[str, Any] = {"accounts": accounts_from_settings(settings)}
+        for name, attr in (("clock", "pipeline_clock"), ("alpaca_url", "alpaca_trading_url"),
+                           ("alpaca_stream_url", "alpaca_trading_stream_url")):
+            value = getattr(settings, attr, None)
+            if value is not None:
+                conf[name] = value
+        conf.update(overrides)
+        return cls(**conf)
+
+    @property
+    def needs_broker(self) -> bool:
+        return any(a.mode == "alpaca-paper" for a in self.accounts)
+
+
+@dataclass
+class _Unknown:
+    first_seen: float = field(default_factory=time.monotonic)
+
+
+class DispatchHandler:
+    """The desks of every account and what moves their decisions in and out."""
+
+    def __init__(self, papp: PipelineApp, config: DispatchConfig, endpoints: Endpoints, *,
+                 calendar: SessionCalendar | None = None, orders: AlpacaOrders | None = None,
+                 clock: Clock | None = None) -> None:
+        self.papp = papp
+        self.clock = clock or WallClock()  # live time; with config.clock "bar" each event's bar end
+        self.config = config
+        self.endpoints = endpoints
+        self.calendar = calendar or ExchangeCalendar()
+        self.io = EventIO(papp, STAGE)
+        self.desks = {a.name: AccountDesk(a, self.calendar) for a in config.accounts}
+        self.orders = orders
+        if self.orders is None and config.needs_broker:
+            self.orders = AlpacaOrders(CredentialSource.from_settings(papp.settings), url=config.alpaca_url,
+                                       timeout_s=config.order_timeout_s)
+        self.stale = True
+        self._lock: asyncio.Lock | None = None
+        self._unknown: dict[str, _Unknown] = {}
+        self._updates: asyncio.Queue[Any] | None = None
+        self.trade_updates: TradeUpdates | None = None
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def rebuild_sync(self) -> dict[str, AccountDesk]:
+        history = [e for e in self.io.read_all(self.endpoints, EXECUTIONS) if isinstance(e, Execution)]
+        desks = {a.name: AccountDesk(a, self.calendar) for a in self.config.accounts}
+        for desk in desks.values():
+            n = desk.rebuild(history)
+            st = desk.state
+            log.info("dispatch[%s]: rebuilt from %d executions: %d decided, %d open, %d trades today, "
+                     "realized today %.2f%s", desk.name, n, desk.decided_count(), st.book.count(),
+                     st.trades_today, st.realized_today, " (kill switch ON)" if st.killed else "")
+        return desks
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Serializes everything that touches the desks: batches of every account's agent,
+        trade updates, reconcile passes and rebuilds (created on the app's loop)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _ensure_state(self) -> None:
+        if not self.stale:
+            return
+        self.desks = await asyncio.to_thread(self.rebuild_sync)
+        self.stale = False
+        await self._reconcile()
+
+    async def ensure_state(self) -> None:
+        async with self.lock:
+            await self._ensure_state()
+
+    async def batch(self, name: str, first: bool, events: Sequence[Any]) -> None:
+        async with self.lock:
+            await self._ensure_state()
+            await self.handle(self.desks[name], first, events)
+
+    def now_for(self, bar_ts: datetime) -> datetime:
+        """When an event is decided: the clock live; in a replay, the end of the event's own bar
+        (not the latest bar seen: topics are consumed at uneven paces, the decision must not be)."""
+        return self.clock.now() if self.config.clock == "wall" else bar_ts + _BAR
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    async def handle(self, desk: AccountDesk, first: bool, events: Sequence[Any]) -> None:
+        futures: list[Awaitable[Any]] = []
+        for event in events:
+            try:
+                record = self.io.decode(event)
+            except Exception as exc:  # noqa: BLE001 - undecodable input: one dead letter per event
+                if first:
+                    futures.append(await self.io.dead_letter(event, exc))
+                continue
+            decisions: Sequence[Execution]
+            try:
+                if isinstance(record, Recommendation):
+                    made = desk.on_recommendation(record, self.now_for(record.ts))
+                    decisions = [] if made is None else [made]
+                elif isinstance(record, Features):
+                    decisions = desk.on_bar(record.symbol, record.ts, record.close, self.now_for(record.ts))
+                else:
+                    decisions = []
+            except Exception as exc:  # noqa: BLE001 - a decision that cannot be made: dead letter
+                futures.append(await self.io.dead_letter(event, RuntimeError(f"{desk.name}: {exc!r}")))
+                continue
+            for execution in decisions:
+                futures.extend(await self._publish(desk, execution))
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _publish(self, desk: AccountDesk, execution: Execution) -> list[Awaitable[Any]]:
+        fut = await self.io.send(EXECUTIONS, execution)
+        if execution.status != SUBMITTED or execution.broker_order_id is not None:
+            return [fut]
+        await fut  # write-ahead: on record before the order exists
+        if self.orders is None:
+            raise RuntimeError(f"{desk.name}: alpaca-paper account without a broker client")
+        try:
+            outcome = await asyncio.to_thread(self.orders.submit, execution)
+        except Exception:  # noqa: BLE001 - whatever went wrong, the POST may have happened
+            log.exception("dispatch[%s]: submitting %s failed", desk.name, execution.client_order_id)
+            outcome = OrderOutcome(SUBMITTED)  # unknown: the reconcile pass finds out
+        return await self._resolve(desk, execution, outcome)
+
+    async def _resolve(self, desk: AccountDesk, execution: Execution, outcome: OrderOutcome
+                       ) -> list[Awaitable[Any]]:
+        coid = execution.client_order_id or ""
+        if not outcome.known:
+            self._unknown.setdefault(coid, _Unknown())
+            log.warning("dispatch[%s]: order %s outcome unknown; stays SUBMITTED until reconciled",
+                        desk.name, coid)
+            return []
+        self._unknown.pop(coid, None)
+        update = outcome.apply_to(execution)
+        if update == execution:
+            return []
+        desk.apply(update)
+        return [await self.io.send(EXECUTIONS, update)]
+
+    # -- broker: reconcile and trade updates ----------------------------------------------------
+
+    async def reconcile(self) -> int:
+        """Looks up every order whose outcome is not known yet; returns how many were resolved."""
+        async with self.lock:
+            await self._ensure_state()
+            return await self._reconcile()
+
+    async def _reconcile(self) -> int:
+        if self.orders is None:
+            return 0
+        resolved = 0
+        futures: list[Awaitable[Any]] = []
+        for desk in self.desks.values():
+            for execution in desk.submitted():
+                coid = execution.client_order_id
+                if coid is None:
+                    continue
+                try:
+                    found = await asyncio.to_thread(self.orders.lookup, coid)
+                except Exception as exc:  # noqa: BLE001 - Alpaca cannot say now: ask next time
+                    log.warning("dispatch[%s]: reconcile lookup of %s failed: %s", desk.name, coid, exc)
+                    continue
+                if found is None:
+                    if execution.broker_order_id is not None:
+                        continue  # it was there: a lookup glitch, not an answer
+                    seen = self._unknown.setdefault(coid, _Unknown())
+                    waited = time.monotonic() - seen.first_seen
+                    if waited < self.config.unknown_after_s:
+                        continue
+                    found = OrderOutcome(FAILED, reason=f"not at the broker {waited:.0f}s after an "
+                                                        "unanswered POST")
+                before = len(futures)
+                futures.extend(await self._resolve(desk, execution, found))
+                resolved += len(futures) > before
+        if futures:
+            await asyncio.gather(*futures)
+        if resolved:
+            log.info("dispatch: reconcile resolved %d order(s)", resolved)
+        return resolved
+
+    def _on_update(self, update: Any) -> None:
+        if self._updates is not None:
+            self._updates.put_nowait(update)
+
+    async def apply_update(self, update: Any) -> bool:
+        """A trade_updates event: the execution it concerns moves on (FILLED, FAILED)."""
+        outcome = outcome_of_update(update)
+        if outcome is None:
+            return False
+        coid = update.order.client_order_id
+        async with self.lock:
+            await self._ensure_state()
+            return await self._apply_update(coid, outcome)
+
+    async def _apply_update(self, coid: str, outcome: OrderOutcome) -> bool:
+        for desk in self.desks.values():
+            for execution in desk.submitted():
+                if execution.client_order_id == coid:
+                    futures = await self._resolve(desk, execution, outcome)
+                    if futures:
+                        await asyncio.gather(*futures)
+                    return bool(futures)
+        return False
+
+    async def run_updates(self) -> None:
+        """The trade_updates stream for the life of the app (alpaca-paper accounts only)."""
+        if self.orders is None or not self.config.trade_updates:
+            return
+        self._updates = asyncio.Queue()
+        await self.ensure_state()
+        self.trade_updates = TradeUpdates(self.orders.credentials, url=self.config.alpaca_stream_url,
+                                          loop=asyncio.get_running_loop(), sink=self._on_update)
+        self.trade_updates.start()
+        try:
+            while True:
+                update = await self._updates.get()
+                try:
+                    await self.apply_update(update)
+                except Exception:
+                    log.exception("dispatch: trade update failed; the next reconcile covers it")
+        finally:
+            self.trade_updates.stop(timeout_s=0.0)
+
+
+def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig | None = None,
+             calendar: SessionCalendar | None = None, orders: AlpacaOrders | None = None,
+             clock: Clock | None = None) -> DispatchHandler:
+    """Adds one dispatch agent per account (and, with alpaca-paper accounts, the trade-updates task
+    and the reconcile timer) to `papp`; returns the handler for tests."""
+    config = config or DispatchConfig.from_settings(papp.settings)
+    handler = DispatchHandler(papp, config, endpoints, calendar=calendar, orders=orders, clock=clock)
+    channel = handler.io.channel(SIGNALS, FEATURES)
+    for i, account in enumerate(config.accounts):
+        name, first = account.name, i == 0
+
+        async def dispatch(stream: Any, name: str = name, first: bool = first) -> None:
+            async def handle(events: Sequence[Any]) -> None:
+                await handler.batch(name, first, events)
+
+            await run_batches(stream, config.batch_size, config.batch_within_s, handle)
+
+        papp.app.agent(channel, name=f"dispatch-{name}", concurrency=1)(dispatch)
+
+    async def on_assigned(_app: Any, *_args: Any, signal: Any = None, **_kw: Any) -> None:
+        handler.stale = True
+
+    papp.app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it too narrowly
+    if config.needs_broker:
+        papp.app.task(handler.run_updates)
+
+        async def reconcile() -> None:
+            await handler.reconcile()
+
+        papp.app.timer(interval=config.reconcile_every_s, name="dispatch-reconcile")(reconcile)
+    return handler
+
+
+def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
+        config: DispatchConfig | None = None) -> None:
+    """The `dispatch` stage."""
+    config = config or DispatchConfig.from_settings(settings)
+    log.info("dispatch: accounts %s, clock %s", ", ".join(f"{a.name} ({a.mode})" for a in config.accounts),
+             config.clock)
+    def registrar(p: PipelineApp) -> None:
+        register(p, endpoints=endpoints, config=config)
+
+    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
+    run_app(papp, stop)
+

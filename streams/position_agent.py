@@ -1,0 +1,110 @@
+"""The position agent: executions -> positions (one record per account:symbol), for the
+active_positions table and anyone watching the book.
+
+Exits themselves are decided by the account's desk in the dispatch agent (streams/accounts.py),
+with this module's PositionBook rules: the account's single writer must see an exit the moment it
+decides it, or its limits and kill switch would lag. This agent projects what the executions say.
+Executions of one (account, symbol) are keyed by recommendation id and so spread over partitions:
+they can arrive out of decision order, so each (account, symbol) is folded from its executions
+sorted by decided_at, and settled (folded into a closed record and forgotten) once it is flat with
+nothing pending. State is rebuilt from the executions topic at start; a redelivered execution
+re-emits the current record of its position (the sink upserts, so that is harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from pipeline.runtime import Endpoints
+from pipeline.settings import Settings
+from schemas.records import Execution
+from schemas.topics import EXECUTIONS, POSITIONS
+from streams.accounts import accounts_from_settings
+from streams.app import PipelineApp, create_app, run_app
+from streams.gates import DEFAULT_ACCOUNTS, AccountConfig
+from streams.positions import PositionProjection
+from streams.signal_agent import EventIO, run_batches
+
+log = logging.getLogger(__name__)
+
+STAGE = "positions"
+APP_ID = "ops-pipeline-positions"
+@dataclass(frozen=True)
+class PositionAgentConfig:
+    accounts: tuple[AccountConfig, ...] = DEFAULT_ACCOUNTS
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> PositionAgentConfig:
+        return cls(**{"accounts": accounts_from_settings(settings), **overrides})
+
+
+class PositionHandler:
+    def __init__(self, papp: PipelineApp, config: PositionAgentConfig, endpoints: Endpoints) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.io = EventIO(papp, STAGE)
+        self.projection = PositionProjection({a.name: a.exits for a in config.accounts})
+        self.stale = True
+
+    def rebuild_sync(self) -> PositionProjection:
+        projection = PositionProjection({a.name: a.exits for a in self.config.accounts})
+        n = 0
+        for e in self.io.read_all(self.endpoints, EXECUTIONS):
+            if isinstance(e, Execution):
+                projection.apply(e)
+                n += 1
+        log.info("positions: rebuilt from %d executions, %d open", n, len(projection.open_positions()))
+        return projection
+
+    async def ensure_state(self) -> None:
+        if self.stale:
+            self.stale = False
+            self.projection = await asyncio.to_thread(self.rebuild_sync)
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        futures: list[Awaitable[Any]] = []
+        for event in events:
+            try:
+                e = self.io.decode(event)
+                record = self.projection.apply(e) if isinstance(e, Execution) else None
+                if record is not None:
+                    futures.append(await self.io.send(POSITIONS, record))
+            except Exception as exc:  # noqa: BLE001 - per-event errors become dead letters
+                futures.append(await self.io.dead_letter(event, exc))
+        if futures:
+            await asyncio.gather(*futures)
+
+
+def register(papp: PipelineApp, *, endpoints: Endpoints, config: PositionAgentConfig | None = None
+             ) -> PositionHandler:
+    config = config or PositionAgentConfig.from_settings(papp.settings)
+    handler = PositionHandler(papp, config, endpoints)
+
+    async def positions(stream: Any) -> None:
+        await run_batches(stream, config.batch_size, config.batch_within_s, handler.handle,
+                          before_batch=handler.ensure_state)
+
+    papp.app.agent(handler.io.channel(EXECUTIONS), name="positions", concurrency=1)(positions)
+
+    async def on_assigned(_app: Any, *_args: Any, signal: Any = None, **_kw: Any) -> None:
+        handler.stale = True
+
+    papp.app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it too narrowly
+    return handler
+
+
+def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
+        config: PositionAgentConfig | None = None) -> None:
+    """The `positions` stage."""
+    def registrar(p: PipelineApp) -> None:
+        register(p, endpoints=endpoints, config=config)
+
+    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
+    run_app(papp, stop)
