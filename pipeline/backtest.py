@@ -1,9 +1,9 @@
 """The in-process backtester: the live objects (FeatureEngine, SignalRule, WatchlistBuilder,
 AccountDesk) driven over bars in (ts, revision) order with bar time as the clock.
 
-Each bar is applied the way the agents apply it in a replay: features first, the desks see the
-bar (exits) at its end, then the signal it may produce is decided at the same bar-end time, so a
-backtest and a replay through the broker make the same decisions on the same bars and news.
+Each minute is decided the way the dispatch agent decides it (streams.ordering): the minute's bars
+(exits) then its signals, each in symbol order, at the bar's end as the clock, so a backtest and a
+replay through the broker make the same decisions on the same bars and news.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from schemas.records import Bar, Execution, Features, Recommendation, ScoredNews
 from streams.accounts import AccountDesk
 from streams.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
 from streams.gates import AccountConfig, SessionCalendar
+from streams.ordering import canonical_key
 from streams.signals import SignalRule, StrategyConfig
 from streams.watchlist import WatchlistBuilder, WatchlistConfig
 
@@ -94,24 +95,22 @@ class Backtester:
         res = self.result
         engines = self.engines
         rule = self.rule
-        desks = self.desks
         ledgers = list(res.ledgers.values())
-        by_name = res.ledgers
         keep = self.keep_features
         features_out = res.features
         signals_out = res.signals
-        executions_out = res.executions
         watch = self.watchlist
         marks = self.marks
-        # desks holding positions: only they can exit on a bar. Positions change only through the
-        # desks' own decisions, so the list is refreshed after each one.
-        holding = [d for d in desks if len(d.state.book)]
         minute: datetime | None = None
+        bars_now: list[FeatureValues] = []  # this minute's features and signals, decided together
+        recs_now: list[Recommendation] = []
         count = 0
         for bar in bars:
             ts = bar.ts
             if ts != minute:
                 if minute is not None:
+                    self._decide(bars_now, recs_now)
+                    bars_now, recs_now = [], []
                     for led in ledgers:
                         led.close_minute(minute + _BAR)
                     if progress is not None:
@@ -131,39 +130,57 @@ class Backtester:
                 continue  # an exact repeat
             if keep:
                 features_out.append(f)
-            close = bar.close
-            marks[symbol] = close
-            now = ts + _BAR
-            if holding:
-                changed = False
-                for desk in holding:
-                    made = desk.on_bar(symbol, ts, close, now)
-                    if made:
-                        changed = True
-                        for e in made:
-                            executions_out.append(e)
-                            by_name[e.account].on_execution(e)
-                if changed:
-                    holding = [d for d in desks if len(d.state.book)]
+            marks[symbol] = bar.close
+            bars_now.append(f)
             if watch is not None:
                 entries = watch.on_features(f)
                 if entries:
                     res.watchlist.extend(entries)
                     rule.on_watchlist(entries)
             rec = rule.on_features(f)
-            if rec is None:
-                continue
-            signals_out.append(rec)
-            for desk in desks:
-                decided = desk.on_recommendation(rec, now)
-                if decided is not None:
-                    executions_out.append(decided)
-                    by_name[decided.account].on_execution(decided)
-                    holding = [d for d in desks if len(d.state.book)]
+            if rec is not None:
+                signals_out.append(rec)
+                recs_now.append(rec)
         if minute is not None:
+            self._decide(bars_now, recs_now)
             for led in ledgers:
                 led.close_minute(minute + _BAR)
         return count
+
+    def _decide(self, bars_now: list[FeatureValues], recs_now: list[Recommendation]) -> None:
+        """One minute's decisions in the canonical order (streams.ordering): the bars (exits) by
+        symbol, then the signals by symbol, as the dispatch agent releases them."""
+        desks = self.desks
+        res = self.result
+        by_name = res.ledgers
+        out = res.executions
+        holding = [d for d in desks if len(d.state.book)]
+        if holding:
+            if len(bars_now) > 1:
+                bars_now.sort(key=canonical_key)
+            for f in bars_now:
+                now = f.ts + _BAR
+                changed = False
+                for desk in holding:
+                    made = desk.on_bar(f.symbol, f.ts, f.close, now)
+                    for e in made:
+                        out.append(e)
+                        by_name[e.account].on_execution(e)
+                        changed = True
+                if changed:
+                    holding = [d for d in desks if len(d.state.book)]
+                    if not holding:
+                        break
+        if recs_now:
+            if len(recs_now) > 1:
+                recs_now.sort(key=canonical_key)
+            for rec in recs_now:
+                now = rec.ts + _BAR
+                for desk in desks:
+                    decided = desk.on_recommendation(rec, now)
+                    if decided is not None:
+                        out.append(decided)
+                        by_name[decided.account].on_execution(decided)
 
 
 def features_record(f: FeatureValues) -> Features:

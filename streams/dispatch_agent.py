@@ -32,7 +32,7 @@ from typing import Any, cast
 from connectors.credentials import CredentialSource
 from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
-from schemas.records import Execution, Features, Recommendation
+from schemas.records import Execution, Features, Recommendation, Record
 from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
 from streams.accounts import AccountDesk, accounts_from_settings
 from streams.alpaca_orders import AlpacaOrders, OrderOutcome, TradeUpdates, outcome_of_update
@@ -40,7 +40,8 @@ from streams.app import PipelineApp, create_app, run_app
 from streams.clock import Clock, WallClock
 from streams.execution import FAILED, SUBMITTED
 from streams.gates import DEFAULT_ACCOUNTS, AccountConfig, ExchangeCalendar, SessionCalendar
-from streams.signal_agent import EventIO, run_batches
+from streams.ordering import EventTimeBuffer
+from streams.signal_agent import EventIO
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,12 @@ class DispatchConfig:
     alpaca_url: str | None = None  # trading REST override (paper endpoint by default)
     alpaca_stream_url: str | None = None  # trade_updates websocket override
     trade_updates: bool = True
+    # event-time order (streams.ordering): a minute is decided once every features partition has
+    # moved past it and `order_grace_s` more has passed for its signals; `order_idle_s` of silence
+    # releases everything held
+    order_grace_s: float = 1.0
+    order_idle_s: float = 2.0
+    release_every_s: float = 0.2
 
     def __post_init__(self) -> None:
         if self.clock not in ("wall", "bar"):
@@ -103,6 +110,9 @@ class DispatchHandler:
         self.calendar = calendar or ExchangeCalendar()
         self.io = EventIO(papp, STAGE)
         self.desks = {a.name: AccountDesk(a, self.calendar) for a in config.accounts}
+        self.buffers = {a.name: EventTimeBuffer(config.order_grace_s, config.order_idle_s)
+                        for a in config.accounts}
+        self.streams: dict[str, Any] = {}  # account -> its agent's stream, to ack released events
         self.orders = orders
         if self.orders is None and config.needs_broker:
             self.orders = AlpacaOrders(CredentialSource.from_settings(papp.settings), url=config.alpaca_url,
@@ -138,6 +148,8 @@ class DispatchHandler:
         if not self.stale:
             return
         self.desks = await asyncio.to_thread(self.rebuild_sync)
+        for buffer in self.buffers.values():
+            buffer.clear()  # not acked: the reassigned partitions deliver them again
         self.stale = False
         await self._reconcile()
 
@@ -146,9 +158,67 @@ class DispatchHandler:
             await self._ensure_state()
 
     async def batch(self, name: str, first: bool, events: Sequence[Any]) -> None:
+        """Buffers a batch in event-time order, decides what is complete, acks what was decided."""
         async with self.lock:
             await self._ensure_state()
-            await self.handle(self.desks[name], first, events)
+            buffer = self.buffers[name]
+            done: list[Any] = []
+            futures: list[Awaitable[Any]] = []
+            for event in events:
+                try:
+                    record = self.io.decode(event)
+                except Exception as exc:  # noqa: BLE001 - undecodable input: one dead letter per event
+                    if first:
+                        futures.append(await self.io.dead_letter(event, exc))
+                    done.append(event)
+                    continue
+                if not isinstance(record, Features | Recommendation):
+                    done.append(event)
+                    continue
+                part = event.message.partition if isinstance(record, Features) else None
+                buffer.add(record, (record, event), clock_partition=part)
+            if futures:
+                await asyncio.gather(*futures)
+            done += await self._release(name)
+        await self._ack(name, done)
+
+    async def release_all(self) -> None:
+        """The timer: decide what became complete while no new input arrived."""
+        for name in self.buffers:
+            async with self.lock:
+                if self.stale:
+                    return
+                done = await self._release(name)
+            await self._ack(name, done)
+
+    async def _release(self, name: str) -> list[Any]:
+        items = self.buffers[name].release()
+        if not items:
+            return []
+        await self.handle_records(self.desks[name], items)
+        return [event for _record, event in items]
+
+    async def _ack(self, name: str, events: Sequence[Any]) -> None:
+        stream = self.streams.get(name)
+        for event in events:
+            if stream is not None:
+                await stream.ack(event)
+            else:
+                event.ack()
+
+    async def handle(self, desk: AccountDesk, first: bool, events: Sequence[Any]) -> None:
+        """Decides events in the order given (tests; the agents go through the buffer)."""
+        items: list[tuple[Record, Any]] = []
+        futures: list[Awaitable[Any]] = []
+        for event in events:
+            try:
+                items.append((self.io.decode(event), event))
+            except Exception as exc:  # noqa: BLE001 - undecodable input: one dead letter per event
+                if first:
+                    futures.append(await self.io.dead_letter(event, exc))
+        if futures:
+            await asyncio.gather(*futures)
+        await self.handle_records(desk, items)
 
     def now_for(self, bar_ts: datetime) -> datetime:
         """When an event is decided: the clock live; in a replay, the end of the event's own bar
@@ -157,15 +227,9 @@ class DispatchHandler:
 
     # -- decisions ------------------------------------------------------------------------------
 
-    async def handle(self, desk: AccountDesk, first: bool, events: Sequence[Any]) -> None:
+    async def handle_records(self, desk: AccountDesk, items: Sequence[tuple[Record, Any]]) -> None:
         futures: list[Awaitable[Any]] = []
-        for event in events:
-            try:
-                record = self.io.decode(event)
-            except Exception as exc:  # noqa: BLE001 - undecodable input: one dead letter per event
-                if first:
-                    futures.append(await self.io.dead_letter(event, exc))
-                continue
+        for record, event in items:
             decisions: Sequence[Execution]
             try:
                 if isinstance(record, Recommendation):
@@ -309,10 +373,10 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig 
         name, first = account.name, i == 0
 
         async def dispatch(stream: Any, name: str = name, first: bool = first) -> None:
-            async def handle(events: Sequence[Any]) -> None:
+            handler.streams[name] = stream
+            # acks are the handler's: an event is acked once decided, after the event-time buffer
+            async for events in stream.noack_take(config.batch_size, within=config.batch_within_s):
                 await handler.batch(name, first, events)
-
-            await run_batches(stream, config.batch_size, config.batch_within_s, handle)
 
         papp.app.agent(channel, name=f"dispatch-{name}", concurrency=1)(dispatch)
 
@@ -320,6 +384,11 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig 
         handler.stale = True
 
     papp.app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it too narrowly
+
+    async def release() -> None:
+        await handler.release_all()
+
+    papp.app.timer(interval=config.release_every_s, name="dispatch-release")(release)
     if config.needs_broker:
         papp.app.task(handler.run_updates)
 

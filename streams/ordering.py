@@ -1,0 +1,121 @@
+"""Event-time order for decisions that span symbols: one account's limits (trades per day, open
+positions, notional, buying power, submit rate) depend on the order its inputs are decided in.
+
+The canonical order is (bar ts, bars before signals, symbol, revision or action). The backtester
+decides each minute in that order; the dispatch agent restores it from topics consumed at uneven
+paces with `EventTimeBuffer`: an event is held until every active partition of the clock topic
+(features.1m, dense: every symbol, every minute) has moved past its minute, plus a grace period for
+the signals that minute produces, then released sorted. Pure: no I/O, the wall clock is injected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+BAR_KIND = 0
+SIGNAL_KIND = 1
+
+
+def canonical_key(record: Any) -> tuple[datetime, int, str, int, str]:
+    """The decision order of a features record (or FeatureValues) or a recommendation."""
+    action = getattr(record, "action", None)
+    if action is not None:
+        return (record.ts, SIGNAL_KIND, record.symbol, 0, action)
+    return (record.ts, BAR_KIND, record.symbol, getattr(record, "revision", 0), "")
+
+
+class EventTimeBuffer:
+    """Holds items and releases them in canonical order once their minute is complete.
+
+    A minute t is complete when the watermark (the smallest latest bar time over the clock
+    partitions heard from in the last `idle_s`) has been past t for `grace_s`. When nothing at all
+    has arrived for `idle_s`, everything held is released (the end of a replay, a quiet market).
+    Items older than what was already released are released at once, and counted as late.
+    """
+
+    __slots__ = ("grace_s", "idle_s", "_clock", "_items", "_seq", "_latest", "_heard", "_last_add",
+                 "_marks", "_released_upto", "late")
+
+    def __init__(self, grace_s: float = 1.0, idle_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace_s = grace_s
+        self.idle_s = idle_s
+        self._clock = clock
+        self._items: list[tuple[tuple[Any, ...], int, Any]] = []
+        self._seq = 0
+        self._latest: dict[int, datetime] = {}  # clock partition -> latest bar ts
+        self._heard: dict[int, float] = {}  # clock partition -> wall time of its latest event
+        self._last_add = -float("inf")
+        self._marks: deque[tuple[float, datetime]] = deque()  # (wall, watermark) samples
+        self._released_upto: datetime | None = None
+        self.late = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, record: Any, item: Any, *, clock_partition: int | None = None) -> None:
+        now = self._clock()
+        key = canonical_key(record)
+        if clock_partition is not None:
+            prev = self._latest.get(clock_partition)
+            if prev is None or key[0] > prev:
+                self._latest[clock_partition] = key[0]
+            self._heard[clock_partition] = now
+        self._items.append((key, self._seq, item))
+        self._seq += 1
+        self._last_add = now
+        mark = self._watermark(now)
+        if mark is not None and (not self._marks or mark > self._marks[-1][1]):
+            self._marks.append((now, mark))
+
+    def _watermark(self, now: float) -> datetime | None:
+        active = [ts for p, ts in self._latest.items() if now - self._heard[p] <= self.idle_s]
+        return min(active) if active else None
+
+    def clear(self) -> list[Any]:
+        """Drops everything held (partitions were reassigned: it will be delivered again)."""
+        items = [it for _k, _s, it in self._items]
+        self._items = []
+        self._marks.clear()
+        self._latest.clear()
+        self._heard.clear()
+        return items
+
+    def release(self) -> list[Any]:
+        """The items whose minute is complete, in canonical order."""
+        if not self._items:
+            return []
+        now = self._clock()
+        if now - self._last_add >= self.idle_s:
+            upto = None  # quiet: everything
+        else:
+            marks = self._marks
+            while len(marks) > 1 and marks[1][0] <= now - self.grace_s:
+                marks.popleft()
+            if not marks or marks[0][0] > now - self.grace_s:
+                upto = self._released_upto  # nothing has been complete for long enough yet
+                if upto is None:
+                    return []
+            else:
+                upto = marks[0][1]
+        self._items.sort()
+        if upto is None:
+            out, self._items = self._items, []
+        else:
+            n = 0
+            for key, _s, _it in self._items:
+                if key[0] >= upto:
+                    break
+                n += 1
+            out, self._items = self._items[:n], self._items[n:]
+        if out:
+            last = self._released_upto
+            self.late += sum(1 for k, _s, _it in out if last is not None and k[0] < last)
+            top = out[-1][0][0]
+            if last is None or top > last:
+                self._released_upto = top
+        return [it for _k, _s, it in out]

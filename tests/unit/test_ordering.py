@@ -1,0 +1,110 @@
+"""EventTimeBuffer: canonical order out of interleaved partitions, watermark, grace, idleness."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from streams.ordering import EventTimeBuffer, canonical_key
+
+T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class F:  # a features record
+    symbol: str
+    ts: datetime
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class R:  # a recommendation
+    symbol: str
+    ts: datetime
+    action: str
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_canonical_key_puts_bars_before_signals_then_symbol() -> None:
+    items = [R("MSFT", T0, "BUY"), F("MSFT", T0), R("AAPL", T0, "SELL"), F("AAPL", T0, 1), F("AAPL", T0)]
+    got = sorted(items, key=canonical_key)
+    assert got == [F("AAPL", T0), F("AAPL", T0, 1), F("MSFT", T0), R("AAPL", T0, "SELL"), R("MSFT", T0, "BUY")]
+
+
+def test_minute_released_after_every_partition_moved_on_and_grace() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=1.0, idle_s=5.0, clock=clock)
+    buf.add(F("AAPL", T0), "a0", clock_partition=0)
+    buf.add(F("MSFT", T0), "m0", clock_partition=1)
+    buf.add(F("AAPL", T0 + timedelta(minutes=1)), "a1", clock_partition=0)
+    assert buf.release() == []  # partition 1 has not moved past T0
+    buf.add(F("MSFT", T0 + timedelta(minutes=1)), "m1", clock_partition=1)
+    assert buf.release() == []  # complete, but not for the grace period yet
+    buf.add(R("MSFT", T0, "BUY"), "sig-m0")  # a signal of the complete minute, within grace
+    clock.t = 1.5
+    assert buf.release() == ["a0", "m0", "sig-m0"]
+    assert len(buf) == 2
+
+
+def test_quiet_releases_everything() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=1.0, idle_s=2.0, clock=clock)
+    buf.add(F("AAPL", T0), "a0", clock_partition=0)
+    buf.add(R("AAPL", T0, "BUY"), "s0")
+    clock.t = 1.0
+    assert buf.release() == []
+    clock.t = 2.5
+    assert buf.release() == ["a0", "s0"]
+
+
+def test_idle_partition_does_not_hold_the_watermark() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock)
+    buf.add(F("META", T0), "meta0", clock_partition=3)  # then partition 3 falls silent
+    for i in range(1, 6):
+        clock.t = float(i)
+        buf.add(F("AAPL", T0 + timedelta(minutes=i)), f"a{i}", clock_partition=0)
+    clock.t = 5.6
+    assert buf.release() == ["meta0", "a1", "a2", "a3", "a4"]
+
+
+def test_any_interleaving_gives_the_same_order() -> None:
+    """Partitions consumed at random paces; a signal arrives soon after its bar (within grace)."""
+    queues_spec: dict[int, list] = {0: [], 1: [], 2: []}
+    all_events = []
+    for m in range(10):
+        for sym, part in (("AAPL", 0), ("MSFT", 1), ("NVDA", 1), ("TSLA", 2)):
+            bar = F(sym, T0 + timedelta(minutes=m))
+            queues_spec[part].append(bar)
+            all_events.append(bar)
+            if (m + len(sym)) % 3 == 0:
+                sig = R(sym, T0 + timedelta(minutes=m), "BUY")
+                queues_spec[part].append(sig)
+                all_events.append(sig)
+    orders = set()
+    for seed in range(8):
+        rng = random.Random(seed)
+        queues = {k: list(v) for k, v in queues_spec.items()}
+        clock = Clock()
+        buf = EventTimeBuffer(grace_s=0.5, idle_s=100.0, clock=clock)
+        out: list = []
+        while any(queues.values()):
+            part = rng.choice([k for k, q in queues.items() if q])
+            rec = queues[part].pop(0)
+            buf.add(rec, rec, clock_partition=None if isinstance(rec, R) else part)
+            clock.t += 0.01
+            out += buf.release()
+        clock.t += 1000
+        out += buf.release()
+        orders.add(tuple(out))
+        assert buf.late == 0
+    assert len(orders) == 1
+    assert list(next(iter(orders))) == sorted(all_events, key=canonical_key)
