@@ -65,9 +65,12 @@ class DispatchConfig:
     # event-time order (streams.ordering): a minute is decided once every features partition has
     # moved past it and `order_grace_s` more has passed for its signals; `order_idle_s` of silence
     # releases everything held
-    order_grace_s: float = 1.0
+    order_grace_s: float = 0.5
     order_idle_s: float = 2.0
     release_every_s: float = 0.2
+    # ... and once the signal agent (this consumer group, under the topic prefix) has committed past
+    # every bar of the minute: its signals for that minute are then on the signals topic
+    signals_group: str | None = "ops-pipeline-signals"
 
     def __post_init__(self) -> None:
         if self.clock not in ("wall", "bar"):
@@ -110,8 +113,10 @@ class DispatchHandler:
         self.calendar = calendar or ExchangeCalendar()
         self.io = EventIO(papp, STAGE)
         self.desks = {a.name: AccountDesk(a, self.calendar) for a in config.accounts}
-        self.buffers = {a.name: EventTimeBuffer(config.order_grace_s, config.order_idle_s)
+        self.buffers = {a.name: EventTimeBuffer(config.order_grace_s, config.order_idle_s,
+                                                gate_on_progress=config.signals_group is not None)
                         for a in config.accounts}
+        self._admin: Any = None
         self.streams: dict[str, Any] = {}  # account -> its agent's stream, to ack released events
         self.orders = orders
         if self.orders is None and config.needs_broker:
@@ -175,15 +180,43 @@ class DispatchHandler:
                 if not isinstance(record, Features | Recommendation):
                     done.append(event)
                     continue
-                part = event.message.partition if isinstance(record, Features) else None
-                buffer.add(record, (record, event), clock_partition=part)
+                if isinstance(record, Features):
+                    buffer.add(record, (record, event), clock_partition=event.message.partition,
+                               offset=event.message.offset)
+                else:
+                    buffer.add(record, (record, event))
             if futures:
                 await asyncio.gather(*futures)
             done += await self._release(name)
         await self._ack(name, done)
 
+    def signal_progress(self) -> dict[int, int]:
+        """The signal agent's committed offsets on features.1m, per partition (blocking)."""
+        if self.config.signals_group is None:
+            return {}
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka.admin import AdminClient
+
+        from pipeline.kafka import admin_config
+
+        settings = self.papp.settings
+        if self._admin is None:
+            self._admin = AdminClient(admin_config(settings, self.endpoints.kafka_bootstrap_servers))
+        group = settings.pipeline_topic_prefix + self.config.signals_group
+        topic = settings.topic(FEATURES.name)
+        try:
+            fut = self._admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+            tps = fut.result(timeout=5).topic_partitions
+        except Exception:  # noqa: BLE001 - unknown group, broker busy: no progress known this time
+            return {}
+        return {tp.partition: tp.offset for tp in tps if tp.topic == topic and tp.offset >= 0}
+
     async def release_all(self) -> None:
         """The timer: decide what became complete while no new input arrived."""
+        progress = await asyncio.to_thread(self.signal_progress)
+        if progress:
+            for buffer in self.buffers.values():
+                buffer.progress(progress)
         for name in self.buffers:
             async with self.lock:
                 if self.stale:

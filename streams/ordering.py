@@ -5,7 +5,9 @@ The canonical order is (bar ts, bars before signals, symbol, revision or action)
 decides each minute in that order; the dispatch agent restores it from topics consumed at uneven
 paces with `EventTimeBuffer`: an event is held until every active partition of the clock topic
 (features.1m, dense: every symbol, every minute) has moved past its minute, plus a grace period for
-the signals that minute produces, then released sorted. Pure: no I/O, the wall clock is injected.
+the signals that minute produces, then released sorted. With `gate_on_progress`, a minute also
+waits until the producer of those signals (the signal agent) has committed past every bar of it:
+`progress()` is fed that group's committed offsets. Pure: no I/O, the wall clock is injected.
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ class EventTimeBuffer:
     Items older than what was already released are released at once, and counted as late.
     """
 
-    __slots__ = ("grace_s", "idle_s", "_clock", "_items", "_seq", "_latest", "_heard", "_last_add",
-                 "_marks", "_released_upto", "late")
+    __slots__ = ("grace_s", "idle_s", "gate_on_progress", "_clock", "_items", "_seq", "_latest", "_heard",
+                 "_last_add", "_marks", "_released_upto", "late", "_pending")
 
     def __init__(self, grace_s: float = 1.0, idle_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, gate_on_progress: bool = False) -> None:
         self.grace_s = grace_s
         self.idle_s = idle_s
+        self.gate_on_progress = gate_on_progress
         self._clock = clock
+        self._pending: dict[int, deque[tuple[int, datetime]]] = {}  # partition -> (offset, ts) not covered
         self._items: list[tuple[tuple[Any, ...], int, Any]] = []
         self._seq = 0
         self._latest: dict[int, datetime] = {}  # clock partition -> latest bar ts
@@ -57,7 +61,8 @@ class EventTimeBuffer:
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, record: Any, item: Any, *, clock_partition: int | None = None) -> None:
+    def add(self, record: Any, item: Any, *, clock_partition: int | None = None,
+            offset: int | None = None) -> None:
         now = self._clock()
         key = canonical_key(record)
         if clock_partition is not None:
@@ -65,6 +70,8 @@ class EventTimeBuffer:
             if prev is None or key[0] > prev:
                 self._latest[clock_partition] = key[0]
             self._heard[clock_partition] = now
+            if self.gate_on_progress and offset is not None:
+                self._pending.setdefault(clock_partition, deque()).append((offset, key[0]))
         self._items.append((key, self._seq, item))
         self._seq += 1
         self._last_add = now
@@ -72,9 +79,27 @@ class EventTimeBuffer:
         if mark is not None and (not self._marks or mark > self._marks[-1][1]):
             self._marks.append((now, mark))
 
+    def progress(self, committed: dict[int, int]) -> None:
+        """The signal producer's committed offset per clock partition: bars below it are covered."""
+        now = self._clock()
+        for p, upto in committed.items():
+            queue = self._pending.get(p)
+            while queue and queue[0][0] < upto:
+                queue.popleft()
+        mark = self._watermark(now)
+        if mark is not None and (not self._marks or mark > self._marks[-1][1]):
+            self._marks.append((now, mark))
+
     def _watermark(self, now: float) -> datetime | None:
-        active = [ts for p, ts in self._latest.items() if now - self._heard[p] <= self.idle_s]
-        return min(active) if active else None
+        marks = []
+        for p, ts in self._latest.items():
+            if now - self._heard[p] > self.idle_s:
+                continue
+            pending = self._pending.get(p) if self.gate_on_progress else None
+            if pending:
+                ts = min(ts, pending[0][1])  # the producer has not covered that bar's minute yet
+            marks.append(ts)
+        return min(marks) if marks else None
 
     def clear(self) -> list[Any]:
         """Drops everything held (partitions were reassigned: it will be delivered again)."""
@@ -83,6 +108,7 @@ class EventTimeBuffer:
         self._marks.clear()
         self._latest.clear()
         self._heard.clear()
+        self._pending.clear()
         return items
 
     def release(self) -> list[Any]:

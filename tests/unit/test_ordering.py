@@ -108,3 +108,23 @@ def test_any_interleaving_gives_the_same_order() -> None:
         assert buf.late == 0
     assert len(orders) == 1
     assert list(next(iter(orders))) == sorted(all_events, key=canonical_key)
+
+
+def test_gated_minute_waits_for_the_signal_producer_to_commit_past_it() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=60.0, clock=clock, gate_on_progress=True)
+    buf.add(F("AAPL", T0), "a0", clock_partition=0, offset=10)
+    buf.add(F("AAPL", T0 + timedelta(minutes=1)), "a1", clock_partition=0, offset=11)
+    clock.t = 5.0
+    assert buf.release() == []  # the signal agent has not committed past offset 10
+    buf.progress({0: 11})  # past the T0 bar, not the T0+1 one
+    clock.t = 5.2
+    assert buf.release() == []  # grace
+    buf.add(R("AAPL", T0, "BUY"), "s0")  # its signal, published before that commit
+    clock.t = 5.8
+    assert buf.release() == ["a0", "s0"]
+    buf.progress({0: 12})
+    buf.add(F("AAPL", T0 + timedelta(minutes=2)), "a2", clock_partition=0, offset=12)
+    buf.progress({0: 13})
+    clock.t = 7.0
+    assert buf.release() == ["a1"]  # T0+2 waits for a later bar, as without gating
