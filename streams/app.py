@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -118,14 +119,75 @@ def create_app(
     return papp
 
 
-def run_app(papp: PipelineApp, stop: threading.Event, *, poll_s: float = 0.2) -> None:
+#: faust hard-codes aiokafka's fetch_max_wait_ms=1500. Kafka and Redpanda answer a waiting fetch as
+#: soon as data arrives, so there it only paces idle polls; Tansu holds it for the whole wait, which
+#: put ~0.4 s on average (0.75 s worst) between a record and the agent on every hop.
+FETCH_MAX_WAIT_MS = 20
+
+
+def bound_fetch_wait(app: faust.App, max_wait_ms: int) -> bool:
+    """Make the consumer `app` is about to create wait at most `max_wait_ms` per fetch.
+
+    Call before `app.start()`. faust offers no setting for it, so this wraps the method of its
+    aiokafka consumer thread that builds the consumer; False (and a warning) if that is not there.
+    """
+    thread: Any = getattr(app.consumer, "_thread", None)
+    create = getattr(thread, "_create_worker_consumer", None)
+    if create is None:
+        log.warning("faust %s: cannot bound the consumer's fetch wait", faust.__version__)
+        return False
+
+    def create_worker_consumer(transport: Any) -> Any:
+        consumer = create(transport)
+        consumer._fetch_max_wait_ms = max_wait_ms  # read by AIOKafkaConsumer.start()
+        return consumer
+
+    thread._create_worker_consumer = create_worker_consumer
+    return True
+
+
+@contextmanager
+def _uvloop_if_installed() -> Iterator[None]:
+    """Loops made inside are uvloop's when uvloop is installed (else asyncio's, unchanged).
+
+    Most of faust's cost per message is event-loop bookkeeping (two tasks per message in its fetch
+    loop, plus its consumer's own thread and loop): consuming alone runs ~11.3k messages/s with
+    uvloop vs ~8.9k with asyncio on the project's machine.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        yield
+        return
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
+
+
+def run_app(
+    papp: PipelineApp,
+    stop: threading.Event,
+    *,
+    poll_s: float = 0.2,
+    fetch_max_wait_ms: int | None = FETCH_MAX_WAIT_MS,
+) -> None:
     """Run the app on a fresh event loop in this thread until `stop` is set or the app crashes.
 
     faust's Worker wants the main thread and owns signals; a stage runs under our CLI instead,
     so the app is started and stopped as a plain mode Service.
     """
-    loop = asyncio.new_event_loop()
+    with _uvloop_if_installed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        # built now so that the loop of the consumer's thread comes from the same policy
+        consumer = papp.app.consumer
+        if fetch_max_wait_ms is not None:
+            bound_fetch_wait(papp.app, fetch_max_wait_ms)
     asyncio.set_event_loop(loop)
+    log.debug("faust app %s on %s, consumer %s", papp.app.conf.id, type(loop).__module__, type(consumer))
 
     async def main() -> None:
         app = papp.app

@@ -1,0 +1,324 @@
+"""The features agent: market.bars.1m -> one FeatureEngine per symbol -> features.1m, at least once.
+
+State is rebuilt from the input topic, not kept in a changelog table. A partition's engines are a
+pure function of the bars at offsets [0, n) of that partition, so when a partition's first event
+(offset o) reaches a worker with no state for it, the worker replays [0, o) with outputs dropped,
+and when it reaches a worker whose state stopped at n < o (another worker owned it meanwhile),
+the worker replays [n, o). Events below n that come again after a rebalance were applied and
+delivered by this very process and are acked without output. Why not a faust Table of engine
+snapshots: the snapshot and the offset commit are not atomic, so the snapshot would need its own
+offset and the same skip/replay rules anyway; recovery would trust the changelog's high watermark,
+which Tansu under-reports; and a snapshot per symbol per batch doubles what is produced. The cost
+of replay is a read of the retained partition on a cold start (~70k bars/s; bench figures in the
+README) and exact equality holds while the topic retains the whole history (30 days of bars).
+
+An event is acked only after its outputs (a features record or a dead letter) are acknowledged by
+the broker, so a committed offset implies delivered outputs. Every output is a deterministic
+function of the partition's bars, so a re-delivered bar re-emits an identical record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any
+
+from pipeline.errors import DecodeError
+from pipeline.runtime import Endpoints
+from pipeline.settings import Settings
+from schemas.records import Features
+from schemas.topics import BARS, FEATURES
+from streams.app import PipelineApp, create_app, run_app
+from streams.features import InvalidBar, OutOfOrderBar
+from streams.features_state import (
+    BatchSender,
+    PartitionState,
+    RecordWriter,
+    bar_inputs,
+    message_headers,
+    read_partition,
+    replay_into,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "features"
+APP_ID = "ops-pipeline-features"
+WORKER_HEADER = "ops.worker"  # which worker emitted a record: host:pid
+
+_feature_fields = attrgetter(*Features.field_names())
+_DLQ_KINDS = {OutOfOrderBar: "out_of_order", InvalidBar: "invalid", DecodeError: "undecodable"}
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    batch_size: int = 1000  # bars per batch at most
+    batch_within_s: float = 0.01  # how long a partial batch waits: the latency floor under light load
+    replay_timeout_s: float = 120.0  # a replay read with no progress for this long crashes the stage
+    worker_id: str = ""  # default: host:pid
+
+
+def to_features(values: Any) -> Features:
+    """The features.1m record of a FeatureValues (same fields, same order)."""
+    return Features(*_feature_fields(values))
+
+
+def _feature_samples() -> list[Features]:
+    ts = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
+    cold = Features(
+        "S", ts, 1.5, None, None, 0, None, None, None, None, None, None, None, None, None, None, 1, 0
+    )
+    warm = Features(
+        "SYMBOL-\u00e9", ts, 101.25, 100.5, 99.75, 2**40, 1000.5, 0.5, True, 55.5, -1e-9, 0.2, float("nan"),
+        float("inf"), 100.5, 99.0, 2**31 - 1, 7,
+    )  # fmt: skip
+    return [cold, warm]
+
+
+class FeaturesHandler:
+    """Turns batches of bar events into sends; every event ends up as a feature, a no-op
+    (duplicate bar) or a dead letter, and is acked once what it produced is delivered."""
+
+    def __init__(self, papp: PipelineApp, config: FeaturesConfig) -> None:
+        self.papp = papp
+        self.config = config
+        # replays read from the broker faust consumes from
+        self.bootstrap = ",".join(f"{url.host}:{url.port}" for url in papp.app.conf.broker)
+        self.states: dict[int, PartitionState] = {}
+        self.counts: Counter[str] = Counter()
+        self.bars_topic = papp.settings.topic(BARS.name)
+        self.features_topic = papp.settings.topic(FEATURES.name)
+        self.dlq_topic = papp.settings.topic(BARS.dlq.name)
+        worker = config.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.extra_headers = [(WORKER_HEADER, worker.encode())]
+        self.sender = BatchSender(papp.app, self.features_topic)
+        self._encode: Callable[[Any], tuple[bytes, list[tuple[str, bytes]]]] | None = None
+        self._acking: set[asyncio.Task[None]] = set()
+
+    async def handle(self, events: Sequence[Any], ack: Any) -> None:
+        """Process one batch; `ack(event)` is awaited for each event once its outputs are delivered."""
+        app = self.papp.app
+        sender = self.sender
+        if sender._producer is None:
+            await sender.start()
+        partition_of = sender.partition
+        encode = self._encode or self._encoder()
+        codec = self.papp.codec
+        states = self.states
+        extra = self.extra_headers
+        futures: list[Awaitable[Any]] = []
+        outputs: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]] = {}
+        done: list[Any] = []
+        counts = self.counts
+        n_features = n_dup = n_redelivered = n_stale = 0
+        touched: set[int] = set()
+        try:
+            for event in events:
+                msg = event.message
+                generation = msg.generation_id
+                if generation != app.consumer_generation_id:
+                    # fetched before a rebalance: faust re-fetches it from the committed offset
+                    n_stale += 1
+                    continue
+                partition = msg.partition
+                offset = msg.offset
+                state = states.get(partition)
+                if state is None or (state.generation != generation and offset > state.next_offset):
+                    state = await self._catch_up(partition, offset)
+                    if generation != app.consumer_generation_id:
+                        n_stale += 1
+                        continue
+                state.generation = generation
+                if offset < state.next_offset:
+                    n_redelivered += 1  # applied and delivered by this process before a rebalance
+                    done.append(event)
+                    continue
+                touched.add(partition)
+                state.next_offset = offset + 1
+                try:
+                    inputs = bar_inputs(
+                        codec,
+                        event.key,
+                        event.value,
+                        message_headers(msg.headers),
+                        topic=msg.topic,
+                        partition=partition,
+                        offset=offset,
+                    )
+                    values = state.apply(inputs)
+                    if values is None:
+                        n_dup += 1
+                        done.append(event)
+                        continue
+                    value, headers = encode(values)
+                except Exception as exc:  # per-event errors become dead letters
+                    futures.append(await self._dead_letter(event, exc))
+                    done.append(event)
+                    continue
+                key = inputs[0].encode()
+                part = partition_of(key)
+                rows = outputs.get(part)
+                if rows is None:
+                    rows = outputs[part] = []
+                rows.append((key, value, headers + extra))
+                n_features += 1
+                done.append(event)
+            if outputs:
+                futures += await sender.send(outputs)
+        except BaseException:
+            # Cancelled (faust restarts agents on some rebalances) or failed mid-batch: outputs of
+            # applied bars may never be sent, so these partitions must be rebuilt, not trusted.
+            for partition in touched:
+                self.states.pop(partition, None)
+            raise
+        finally:
+            counts["bars"] += len(events) - n_stale
+            counts["features"] += n_features
+            counts["duplicates"] += n_dup
+            counts["redelivered"] += n_redelivered
+            counts["stale"] += n_stale
+        if done:
+            task = asyncio.ensure_future(self._ack_when_delivered(futures, done, ack))
+            self._acking.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._acking.discard)
+
+    def _encoder(self) -> Callable[[Any], tuple[bytes, list[tuple[str, bytes]]]]:
+        codec, topic = self.papp.codec, self.features_topic
+        writer = RecordWriter.build(codec, topic, _feature_samples())
+        if writer is None:
+            log.warning("features: encoding with the codec (its schema or framing is not the fast path's)")
+
+            def encode(values: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
+                return codec.encode(topic, to_features(values))
+
+        else:
+            headers = writer.headers
+            write = writer.encode
+
+            def encode(values: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
+                return write(values), headers
+
+        self._encode = encode
+        return encode
+
+    async def _ack_when_delivered(self, futures: list[Awaitable[Any]], events: list[Any], ack: Any) -> None:
+        try:
+            if futures:
+                await asyncio.gather(*futures)
+            for event in events:
+                await ack(event)
+            self.counts["acked"] += len(events)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Outputs of applied bars were lost: only a restart (and a rebuild) makes state and
+            # output agree again, so the whole stage goes down rather than skipping them.
+            log.exception("features: delivery failed; crashing the stage")
+            await self.papp.app.crash(exc)
+
+    async def _catch_up(self, partition: int, end: int) -> PartitionState:
+        state = self.states.get(partition)
+        if state is None:
+            state = PartitionState()
+        start = state.next_offset
+        settings = self.papp.settings
+
+        def replay() -> Any:
+            messages = read_partition(
+                settings,
+                self.bootstrap,
+                self.bars_topic,
+                partition,
+                start,
+                end,
+                timeout_s=self.config.replay_timeout_s,
+            )
+            return replay_into(
+                state, self.papp.codec, messages, topic=self.bars_topic, partition=partition, end=end
+            )
+
+        done = await asyncio.to_thread(replay)
+        self.states[partition] = state
+        if start == end:
+            return state
+        self.counts["replayed"] += done.bars
+        log.info(
+            "features: partition %d rebuilt from offset %d to %d: %d bars (%d skipped) in %.2fs",
+            partition,
+            start,
+            end,
+            done.bars,
+            done.skipped,
+            done.seconds,
+        )
+        return state
+
+    async def _dead_letter(self, event: Any, error: BaseException) -> Awaitable[Any]:
+        msg = event.message
+        self.counts[_DLQ_KINDS.get(type(error), "error")] += 1
+        self.counts["dead_letters"] += 1
+        log.warning("features: %s[%s]@%s to the DLQ: %s", msg.topic, msg.partition, msg.offset, error)
+        key, value, headers = self.papp.dead_letter(
+            BARS,
+            stage=STAGE,
+            error=error,
+            key=event.key,
+            value=event.value,
+            partition=msg.partition,
+            offset=msg.offset,
+            headers={k: v if v is not None else b"" for k, v in message_headers(msg.headers)},
+        )
+        fut: Awaitable[Any] = await self.papp.app.producer.send(
+            self.dlq_topic, key, value, None, None, headers + self.extra_headers
+        )
+        return fut
+
+
+def register(papp: PipelineApp, *, config: FeaturesConfig | None = None) -> FeaturesHandler:
+    """Adds the features agent to `papp`; returns its handler (counts, state) for tests."""
+    handler = FeaturesHandler(papp, config or FeaturesConfig())
+    config = handler.config
+
+    async def features(stream: Any) -> None:
+        async for events in stream.noack_take(config.batch_size, within=config.batch_within_s):
+            try:
+                await handler.handle(events, stream.ack)
+            except Exception as exc:
+                # not a per-event error (those are dead-lettered): the producer or a replay failed.
+                # faust would restart just the agent; the stage restarts instead, state rebuilt.
+                log.exception("features: batch failed; crashing the stage")
+                await papp.app.crash(exc)
+                raise
+
+    papp.app.agent(papp.topic(BARS), name="features", concurrency=1)(features)
+
+    def on_assigned(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
+        mine = sorted(tp.partition for tp in args[0] if tp.topic == handler.bars_topic)
+        log.info("features: assigned partitions %s", ",".join(map(str, mine)) or "none")
+
+    papp.app.on_partitions_assigned.connect(on_assigned)
+    return handler
+
+
+def run(
+    settings: Settings,
+    endpoints: Endpoints,
+    stop: threading.Event,
+    *,
+    config: FeaturesConfig | None = None,
+) -> None:
+    """The `features` stage."""
+
+    def registrar(papp: PipelineApp) -> None:
+        register(papp, config=config)
+
+    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
+    run_app(papp, stop)

@@ -1,0 +1,286 @@
+"""kill -9 of features workers (`ops-pipeline run --only features` subprocesses) mid-stream, a
+restart, and two workers sharing the symbols: every record emitted equals what an uninterrupted
+run emits (FeatureEngine on the same bars, which the integration tests hold the agent to), and
+nothing is missing. Each record names the worker that emitted it in its `ops.worker` header."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline.clients import Consumed, RecordProducer
+from pipeline.kafka import consumer_config
+from pipeline.settings import Settings
+from schemas.codec import HeaderCodec
+from schemas.records import Bar, Features
+from schemas.topics import BARS, FEATURES
+from streams.features_agent import APP_ID
+from tests.integration.test_features_agent import (
+    Key,
+    read_dead_letters,
+    read_features,
+    reference,
+    same,
+    walk,
+    with_revisions,
+    worker_of,
+)
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration]
+SYMBOLS = [f"F{i:02d}" for i in range(20)]
+REPO = Path(__file__).resolve().parents[2]
+ASSIGNED = re.compile(r"features: assigned partitions ([\d,]*|none)")
+REBUILT = re.compile(r"features: partition (\d+) rebuilt from offset (\d+) to (\d+): (\d+) bars")
+
+
+class Worker:
+    """One `ops-pipeline run --only features` process, its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "run", "--only", "features"],
+                env=env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.id = f"{socket.gethostname()}:{self.proc.pid}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def assignment(self) -> set[int] | None:
+        """The partitions of its latest assignment, None before the first."""
+        found = ASSIGNED.findall(self.text())
+        if not found:
+            return None
+        return {int(p) for p in found[-1].split(",") if p.isdigit()}
+
+    def rebuilds(self) -> list[tuple[int, int, int, int]]:
+        """(partition, from offset, to offset, bars replayed) of each state rebuild it logged."""
+        return [tuple(map(int, m)) for m in REBUILT.findall(self.text())]  # type: ignore[misc]
+
+    def check_alive(self) -> None:
+        assert self.proc.poll() is None, f"worker exited {self.proc.returncode}: {self.text()[-3000:]}"
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+
+@pytest.fixture
+def workers(
+    provisioned: Settings, kafka_bootstrap: str, database_url: str, tmp_path: Path
+) -> Iterator[Callable[[str], Worker]]:
+    env = dict(
+        os.environ,
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        DATABASE_URL=database_url,
+        PIPELINE_TOPIC_PREFIX=provisioned.pipeline_topic_prefix,
+        PIPELINE_DATA_DIR=str(tmp_path / "data"),
+        LOG_LEVEL="INFO",
+    )
+    env.pop("SCHEMA_REGISTRY_URL", None)
+    started: list[Worker] = []
+
+    def start(name: str) -> Worker:
+        worker = Worker(env, tmp_path / f"{name}.log")
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+def produce(settings: Settings, bootstrap: str, bars: Iterable[Bar], per_s: float = 0) -> None:
+    """Send `bars`: at once, or as a live stream of about `per_s` bars a second."""
+    chunk = max(1, int(per_s / 10))
+    with RecordProducer(settings, bootstrap, HeaderCodec()) as producer:
+        for i, bar in enumerate(bars):
+            producer.send(BARS, bar)
+            if per_s and i % chunk == chunk - 1:
+                producer.flush()
+                time.sleep(0.1)
+
+
+def feeding(settings: Settings, bootstrap: str, bars: list[Bar], per_s: float) -> threading.Thread:
+    feeder = threading.Thread(target=produce, args=(settings, bootstrap, bars, per_s), daemon=True)
+    feeder.start()
+    return feeder
+
+
+def partition_of(symbol: str) -> int:
+    """The partition a keyed producer (murmur2, as librdkafka's and faust's) sends a symbol to."""
+    parts = list(range(BARS.partitions))
+    return int(DefaultPartitioner()(symbol.encode(), parts, parts))
+
+
+def committed(settings: Settings, bootstrap: str) -> dict[int, int]:
+    """The features group's committed offsets on market.bars.1m (-1001 where none yet)."""
+    group = settings.pipeline_topic_prefix + APP_ID
+    consumer = Consumer(consumer_config(settings, bootstrap, group_id=group))  # never subscribes
+    try:
+        topic = settings.topic(BARS.name)
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(BARS.partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        consumer.close()
+
+
+def features_high_water(settings: Settings, bootstrap: str) -> int:
+    """A lower bound of how many records features.1m holds (Tansu under-reports the end)."""
+    consumer = Consumer(consumer_config(settings, bootstrap, group_id=f"probe-{time.monotonic_ns()}"))
+    try:
+        topic = settings.topic(FEATURES.name)
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(FEATURES.partitions)
+        )
+    finally:
+        consumer.close()
+
+
+def wait_for(cond: Callable[[], bool], what: str, alive: Iterable[Worker], deadline_s: float = 150) -> None:
+    end = time.monotonic() + deadline_s
+    while not cond():
+        for worker in alive:
+            worker.check_alive()
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.2)
+
+
+def wait_for_features(
+    settings: Settings, bootstrap: str, expected: dict[Key, Features], alive: Iterable[Worker]
+) -> list[tuple[Consumed, Features]]:
+    got: list[tuple[Consumed, Features]] = []
+
+    def covered() -> bool:
+        nonlocal got
+        got = read_features(settings, bootstrap)
+        return expected.keys() <= {(r.symbol, r.ts, r.revision) for _, r in got}
+
+    wait_for(covered, f"{len(expected)} features", alive)
+    return got
+
+
+def assert_equal_to_reference(got: list[tuple[Consumed, Features]], expected: dict[Key, Features]) -> None:
+    """Every record (re-emissions included) is the uninterrupted run's record for its key."""
+    keys = {(r.symbol, r.ts, r.revision) for _, r in got}
+    assert keys == expected.keys()
+    wrong = [(m.offset, r) for m, r in got if not same(r, expected[(r.symbol, r.ts, r.revision)])]
+    assert not wrong, wrong[:3]
+
+
+def test_kill_9_mid_stream_then_restart_emits_what_an_uninterrupted_run_emits(
+    provisioned: Settings, kafka_bootstrap: str, workers: Callable[[str], Worker]
+) -> None:
+    bars = with_revisions(walk(SYMBOLS, 450, seed=11), every=41)
+    expected = reference(bars)
+    backlog, live = bars[: len(bars) // 3], bars[len(bars) // 3 :]
+    produce(provisioned, kafka_bootstrap, backlog)
+    feeder = feeding(provisioned, kafka_bootstrap, live, per_s=300)
+
+    first = workers("first")
+    # kill it once it has committed progress, while bars are still coming in
+    wait_for(
+        lambda: sum(max(0, o) for o in committed(provisioned, kafka_bootstrap).values()) > 0,
+        "the first worker to commit",
+        [first],
+    )
+    assert feeder.is_alive()
+    first.kill9()
+    second = workers("second")
+    feeder.join(120)
+    got = wait_for_features(provisioned, kafka_bootstrap, expected, [second])
+
+    assert_equal_to_reference(got, expected)
+    emitted = {worker_of(m) for m, _ in got}
+    assert emitted == {first.id, second.id}
+    # the second worker's state came from replaying the bars below its first delivered offsets
+    assert any(bars > 0 and start == 0 for _, start, _, bars in second.rebuilds()), second.rebuilds()
+    assert read_dead_letters(provisioned, kafka_bootstrap) == []
+
+
+def test_two_workers_split_the_symbols_and_a_survivor_takes_over_a_killed_one(
+    provisioned: Settings, kafka_bootstrap: str, workers: Callable[[str], Worker]
+) -> None:
+    phases = [with_revisions(walk(SYMBOLS, n, seed=20 + i, start=s), every=29) for i, (s, n) in
+              enumerate([(0, 40), (40, 120), (160, 300)])]  # fmt: skip
+    assert {partition_of(s) for s in SYMBOLS} == set(range(BARS.partitions))
+    # phase 0: one worker sees every partition
+    one = workers("one")
+    produce(provisioned, kafka_bootstrap, phases[0])
+    wait_for_features(provisioned, kafka_bootstrap, reference(phases[0]), [one])
+
+    # phase 1: a second worker joins; once the split is settled, each symbol is one worker's
+    two = workers("two")
+
+    def split() -> bool:
+        a, b = one.assignment(), two.assignment()
+        return bool(a and b and not a & b and a | b == set(range(BARS.partitions)))
+
+    wait_for(split, "the partitions to be split between the two workers", [one, two])
+    produce(provisioned, kafka_bootstrap, phases[1], per_s=2000)
+    expected = reference(phases[0] + phases[1])
+    got = wait_for_features(provisioned, kafka_bootstrap, expected, [one, two])
+    assert_equal_to_reference(got, expected)
+    phase1 = {(b.symbol, b.ts, b.revision) for b in phases[1]}
+    emitters: dict[str, set[str]] = defaultdict(set)
+    for m, r in got:
+        if (r.symbol, r.ts, r.revision) in phase1:
+            emitters[r.symbol].add(worker_of(m))
+    assert all(len(ids) == 1 for ids in emitters.values()), emitters
+    assert set().union(*emitters.values()) == {one.id, two.id}
+
+    # phase 2: kill -9 the second worker mid-stream, after it committed past phase 0 on its
+    # partitions; the first worker takes them back with the state it left there in phase 0 and
+    # catches up by replaying from where that state stopped
+    taken = two.assignment()
+    assert taken
+    phase0_end = Counter(partition_of(b.symbol) for b in phases[0])
+    before = features_high_water(provisioned, kafka_bootstrap)
+    feeder = feeding(provisioned, kafka_bootstrap, phases[2], per_s=300)
+    wait_for(
+        lambda: (
+            features_high_water(provisioned, kafka_bootstrap) > before + 300
+            and all(committed(provisioned, kafka_bootstrap)[p] > phase0_end[p] for p in taken)
+        ),
+        "the second worker to be busy with phase 2, committed past phase 0",
+        [two],
+    )
+    assert feeder.is_alive()
+    two.kill9()
+    feeder.join(120)
+    expected = reference(phases[0] + phases[1] + phases[2])
+    got = wait_for_features(provisioned, kafka_bootstrap, expected, [one])
+    assert_equal_to_reference(got, expected)
+    caught_up = {p: start for p, start, _, _ in one.rebuilds() if start > 0}
+    assert caught_up == {p: phase0_end[p] for p in taken}, one.rebuilds()
+    assert read_dead_letters(provisioned, kafka_bootstrap) == []
