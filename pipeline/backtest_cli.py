@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from pipeline.backtest import Backtester, BacktestResult, features_record
-from pipeline.report import write_html
+from pipeline.report import _fmt, write_html
 from pipeline.settings import Settings
 from schemas.records import Bar, NewsItem, Record, ScoredNews
 
@@ -28,12 +28,9 @@ console = Console()
 
 
 def _time(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    import pandas as pd
+    from pipeline.notebook import _as_utc
 
-    ts = pd.Timestamp(text)
-    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+    return _as_utc(text)
 
 
 def _must_time(text: str) -> datetime:
@@ -240,14 +237,6 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{summary['bars_processed']} bars ({summary['bars_per_s'] or 0:,.0f} bars/s), "
         f"{summary['signals']} signals, {summary['executions']} executions"
     )
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.2f}"
-    return str(v)
 
 
 def register(app: typer.Typer) -> None:
