@@ -80,4 +80,5 @@ def test_random_and_corrupted_records_read_the_same_or_are_refused(name: str, da
         got = READERS[name](bad)
     except Exception:
         return
-    assert got == fast_avro(name, bad)
+    # corrupted bytes can decode to NaN doubles, which never equal themselves: compare by repr
+    assert repr(got) == repr(fast_avro(name, bad))
