@@ -36,7 +36,13 @@ class Clock:
 def test_canonical_key_puts_bars_before_signals_then_symbol() -> None:
     items = [R("MSFT", T0, "BUY"), F("MSFT", T0), R("AAPL", T0, "SELL"), F("AAPL", T0, 1), F("AAPL", T0)]
     got = sorted(items, key=canonical_key)
-    assert got == [F("AAPL", T0), F("AAPL", T0, 1), F("MSFT", T0), R("AAPL", T0, "SELL"), R("MSFT", T0, "BUY")]
+    assert got == [
+        F("AAPL", T0),
+        F("AAPL", T0, 1),
+        F("MSFT", T0),
+        R("AAPL", T0, "SELL"),
+        R("MSFT", T0, "BUY"),
+    ]
 
 
 def test_minute_released_after_every_partition_moved_on_and_grace() -> None:
