@@ -398,6 +398,13 @@ def _print_status(report: Any) -> None:
         )
     console.print(sy)
     console.print(f"last news item: {age(report.news_age_s)} ago")
+    ac = Table(title="accounts (rebuilt from the executions topic)")
+    for col in ("account", "kill switch", "trades today", "realized today", "open positions"):
+        ac.add_column(col)
+    for a in report.accounts:
+        ac.add_row(a.account, "[red]ON[/red]" if a.kill_switch else "off", str(a.trades_today),
+                   f"{a.realized_today:,.2f}", str(a.open_positions))
+    console.print(ac)
     tb = Table(title="sink tables")
     tb.add_column("table")
     tb.add_column("rows")

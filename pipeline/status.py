@@ -69,6 +69,15 @@ class SymbolStatus:
 
 
 @dataclass
+class AccountStatus:
+    account: str
+    kill_switch: bool
+    trades_today: int
+    realized_today: float
+    open_positions: int
+
+
+@dataclass
 class Report:
     now: str
     market_open: bool
@@ -78,6 +87,7 @@ class Report:
     news_age_s: float | None
     tables: dict[str, int | None]
     problems: list[str]
+    accounts: list[AccountStatus] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -252,7 +262,7 @@ def collect(
         news_last = max(news_last or item.fetched_at, item.fetched_at)
     news_age = (now - news_last).total_seconds() if news_last else None
 
-    return Report(
+    report = Report(
         now.isoformat(),
         market_open,
         topics,
@@ -262,6 +272,40 @@ def collect(
         _table_counts(endpoints.database_url, problems),
         problems,
     )
+    report.accounts = _accounts(settings, bootstrap, codec, now) if ends else []
+    return report
+
+
+def _accounts(settings: Settings, bootstrap: str, codec: Any, now: datetime) -> list[AccountStatus]:
+    """Each account's day as the dispatch agent sees it: its desk rebuilt from the executions topic."""
+    from pipeline.clients import read_records
+    from schemas.records import Execution
+    from schemas.topics import EXECUTIONS
+    from streams.accounts import AccountDesk, accounts_from_settings
+    from streams.gates import ExchangeCalendar, trading_day
+
+    history = [
+        r
+        for _, r in read_records(settings, bootstrap, codec, EXECUTIONS, quiet_s=0.3)
+        if isinstance(r, Execution)
+    ]
+    out = []
+    calendar = ExchangeCalendar()
+    for config in accounts_from_settings(settings):
+        desk = AccountDesk(config, calendar)
+        desk.rebuild(history)
+        state = desk.state
+        state.roll(trading_day(now))
+        out.append(
+            AccountStatus(
+                config.name,
+                state.killed,
+                state.trades_today,
+                round(state.realized_today, 2),
+                state.book.count(),
+            )
+        )
+    return out
 
 
 def _current_or_last_session(cal: Any, now: datetime) -> Any:

@@ -51,6 +51,10 @@ def test_fresh_symbols_are_healthy_and_a_stale_one_is_named(scoped: Settings, ka
     bars = next(t for t in report.topics if t.topic.endswith(BARS.name))
     assert bars.last_hour == 48  # produced just now
     assert report.tables["lane_telemetry"] == 0
+    assert [(a.account, a.kill_switch, a.trades_today) for a in report.accounts] == [
+        ("large-100k", False, 0),
+        ("tiny-1k", False, 0),
+    ]
 
 
 def test_closed_market_is_not_stale(scoped: Settings) -> None:
