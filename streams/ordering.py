@@ -39,13 +39,35 @@ class EventTimeBuffer:
     Items older than what was already released are released at once, and counted as late.
     """
 
-    __slots__ = ("grace_s", "idle_s", "gate_on_progress", "_clock", "_items", "_seq", "_latest", "_heard",
-                 "_last_add", "_marks", "_released_upto", "late", "_pending")
+    __slots__ = (
+        "grace_s",
+        "idle_s",
+        "max_hold_s",
+        "gate_on_progress",
+        "_clock",
+        "_items",
+        "_seq",
+        "_latest",
+        "_heard",
+        "_last_add",
+        "_marks",
+        "_released_upto",
+        "late",
+        "_pending",
+    )
 
-    def __init__(self, grace_s: float = 1.0, idle_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic, *, gate_on_progress: bool = False) -> None:
+    def __init__(
+        self,
+        grace_s: float = 1.0,
+        idle_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        gate_on_progress: bool = False,
+        max_hold_s: float = 30.0,
+    ) -> None:
         self.grace_s = grace_s
         self.idle_s = idle_s
+        self.max_hold_s = max_hold_s
         self.gate_on_progress = gate_on_progress
         self._clock = clock
         self._pending: dict[int, deque[tuple[int, datetime]]] = {}  # partition -> (offset, ts) not covered
@@ -61,8 +83,9 @@ class EventTimeBuffer:
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, record: Any, item: Any, *, clock_partition: int | None = None,
-            offset: int | None = None) -> None:
+    def add(
+        self, record: Any, item: Any, *, clock_partition: int | None = None, offset: int | None = None
+    ) -> None:
         now = self._clock()
         key = canonical_key(record)
         if clock_partition is not None:
@@ -116,8 +139,15 @@ class EventTimeBuffer:
         if not self._items:
             return []
         now = self._clock()
-        if now - self._last_add >= self.idle_s:
-            upto = None  # quiet: everything
+        quiet = now - self._last_add
+        if quiet >= self.idle_s:
+            pending = [q[0][1] for q in self._pending.values() if q] if self.gate_on_progress else []
+            if pending and quiet < self.max_hold_s:
+                # quiet, but the signal producer has not committed past every bar yet (it may be
+                # restarting): release only the minutes it covered; after max_hold_s, everything
+                upto = min(pending)
+            else:
+                upto = None  # quiet: everything
         else:
             marks = self._marks
             while len(marks) > 1 and marks[1][0] <= now - self.grace_s:

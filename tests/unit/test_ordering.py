@@ -134,3 +134,16 @@ def test_gated_minute_waits_for_the_signal_producer_to_commit_past_it() -> None:
     buf.progress({0: 13})
     clock.t = 7.0
     assert buf.release() == ["a1"]  # T0+2 waits for a later bar, as without gating
+
+
+def test_quiet_gated_buffer_waits_for_the_producer_then_gives_up_after_max_hold() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, gate_on_progress=True, max_hold_s=30.0)
+    buf.add(F("AAPL", T0), "a0", clock_partition=0, offset=1)
+    buf.add(F("AAPL", T0 + timedelta(minutes=1)), "a1", clock_partition=0, offset=2)
+    clock.t = 5.0  # quiet, and the signal agent (restarting) has committed nothing
+    assert buf.release() == []
+    buf.progress({0: 2})  # it comes back and commits past the first bar
+    assert buf.release() == ["a0"]
+    clock.t = 40.0  # past max_hold_s: a dead producer must not hold exits forever
+    assert buf.release() == ["a1"]
