@@ -1,0 +1,315 @@
+"""The whole pipeline over the bundled sample session, for fault tests: pipeline.demo's building
+blocks (`Stages`, the session's news then bars, `wait_drained`) with hooks to interfere mid-run,
+and the final PostgreSQL tables as comparable rows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from rich.console import Console
+
+from pipeline.clients import RecordProducer, read_records
+from pipeline.demo import STAGES, Stages, _news_items, _wait_scored, wait_drained
+from pipeline.settings import Settings
+from schemas.codec import make_codec
+from schemas.topics import EXECUTIONS, NEWS_RAW
+
+REPO = Path(__file__).resolve().parents[2]
+SESSION = REPO / "data" / "sample_session"
+
+# table -> the columns that must come out the same in every run (no wall-clock columns), ordered by
+# the leading primary-key columns.
+TABLES: dict[str, tuple[str, ...]] = {
+    "lane_telemetry": (
+        "ticker",
+        "ts",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "trade_count",
+        "vwap",
+        "revision",
+    ),
+    "lane_features": (
+        "ticker",
+        "ts",
+        "close",
+        "sma_20",
+        "sma_50",
+        "volume_current",
+        "volume_avg_20",
+        "volume_ratio",
+        "volume_surge",
+        "rsi_14",
+        "macd",
+        "macd_signal",
+        "macd_hist",
+        "bb_upper",
+        "bb_middle",
+        "bb_lower",
+        "bars_seen",
+        "revision",
+    ),
+    "inbound_events_classified": (
+        "event_id",
+        "ticker",
+        "tickers",
+        "sentiment",
+        "score",
+        "model",
+        "published",
+    ),
+    "dispatch_recommendations": (
+        "recommendation_id",
+        "ts",
+        "ticker",
+        "action",
+        "confidence",
+        "status",
+        "failure_reason",
+    ),
+    "dispatch_executions": (
+        "recommendation_id",
+        "account_name",
+        "ticker",
+        "action",
+        "status",
+        "intent",
+        "qty",
+        "price",
+        "failure_reason",
+        "simulated_ts",
+    ),
+}
+ORDER = {
+    "lane_telemetry": 2,
+    "lane_features": 2,
+    "inbound_events_classified": 2,
+    "dispatch_recommendations": 1,
+    "dispatch_executions": 2,
+}  # fmt: skip
+
+
+class FaultStages(Stages):
+    """`Stages` run from a scratch directory (the faust stages keep local state under the working
+    directory), plus kill -9 and restart of one stage."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, cwd: Path) -> None:
+        super().__init__(env, log_dir)
+        self.cwd = cwd
+        self.restarts: Counter[str] = Counter()
+
+    def start(self, names: tuple[str, ...]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            with open(self.log_dir / f"{name}.log", "ab") as log:
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "pipeline.cli", "run", "--only", name],
+                    env=self.env,
+                    cwd=self.cwd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+
+    def kill9(self, name: str) -> None:
+        proc = self.procs[name]
+        assert proc.poll() is None, f"{name} had already exited ({proc.returncode})"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def restart(self, name: str) -> None:
+        self.kill9(name)
+        self.restarts[name] += 1
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            log.write(f"\n===== kill -9 and restart #{self.restarts[name]} =====\n".encode())
+        self.start((name,))
+
+
+@dataclass
+class RunResult:
+    tables: dict[str, list[tuple[Any, ...]]]
+    duplicate_executions: dict[tuple[str, str], int]
+    processing: int
+    drained_s: float
+    total_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+def make_settings(bootstrap: str, database_url: str, prefix: str, data_dir: Path) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        kafka_bootstrap_servers=bootstrap,
+        database_url=database_url,
+        pipeline_topic_prefix=prefix,
+        pipeline_data_dir=data_dir,
+        schema_registry_url=None,
+    )
+
+
+def stage_env(settings: Settings, bootstrap: str, database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DATABASE_", "PIPELINE_"))}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        DATABASE_URL=database_url,
+        PIPELINE_CLOCK="bar",
+        PIPELINE_TOPIC_PREFIX=settings.pipeline_topic_prefix,
+        PIPELINE_DATA_DIR=str(settings.pipeline_data_dir),
+        HF_HUB_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+    )
+    env.pop("METRICS_PORT", None)
+    return env
+
+
+def snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with psycopg.connect(database_url) as conn:
+        for table, cols in TABLES.items():
+            query = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in cols),
+                sql.Identifier(table),
+                sql.SQL(", ").join(sql.Identifier(c) for c in cols[: ORDER[table]]),
+            )
+            out[table] = [tuple(r) for r in conn.execute(query).fetchall()]
+    return out
+
+
+def processing_count(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM dispatch_recommendations WHERE status = 'PROCESSING'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def duplicate_executions(settings: Settings, bootstrap: str) -> dict[tuple[str, str], int]:
+    """(recommendation, account) pairs with more than one record on the executions topic."""
+    codec = make_codec(settings.schema_registry_url)
+    seen: Counter[tuple[str, str]] = Counter()
+    for _, rec in read_records(settings, bootstrap, codec, EXECUTIONS, quiet_s=0.5):
+        if not isinstance(rec, Exception):
+            seen[(rec.recommendation_id, rec.account)] += 1  # type: ignore[attr-defined]
+    return {k: n for k, n in seen.items() if n > 1}
+
+
+def wait_ready(stages: Stages, timeout_s: float = 120.0) -> float:
+    """Until every stage's log says it has its partitions: a run whose stages are all consuming
+    before the first record is published (what "uninterrupted" means here). Tansu lists no groups
+    and describes none as stable, so the logs are the signal (aiokafka's, the sink's own)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        assert not stages.dead(), f"stage(s) exited: {stages.dead()} (see {stages.log_dir})"
+        waiting = []
+        for name in stages.procs:
+            text = (stages.log_dir / f"{name}.log").read_text("utf-8", "replace")
+            marker = "assigned" if name == "sink" else "Setting newly assigned partitions {TopicPartition"
+            if marker not in text:
+                waiting.append(name)
+        if not waiting:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"stages without partitions after {timeout_s:.0f}s: {waiting}")
+
+
+def run_session(
+    settings: Settings,
+    bootstrap: str,
+    database_url: str,
+    workdir: Path,
+    *,
+    stage_bootstrap: str | None = None,
+    during_bars: Callable[[FaultStages, threading.Event], None] | None = None,
+    after_start: Callable[[FaultStages], None] | None = None,
+    drain_timeout_s: float = 240.0,
+) -> RunResult:
+    """Provision, start the demo's stages, publish the session's news (wait until scored) and then
+    its bars; `after_start(stages)` runs in a thread from the stages' start (joined before the
+    bars); `during_bars(stages, published)` runs while the bars are published (`published` is
+    set once they all are) and returns when its interference is over; then wait until drained
+    and read the tables. `stage_bootstrap` is the address the stages use (e.g. a proxy)."""
+    from connectors.intake import BarIntake, ProducerSink
+    from connectors.replay import load_bar_file, prepare_rows, publish
+    from pipeline.cli import provision
+
+    started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    console = Console(file=open(workdir / "drain.log", "w"), width=160)  # noqa: SIM115 - closed below
+    provision(settings, bootstrap, database_url)
+    stages = FaultStages(
+        stage_env(settings, stage_bootstrap or bootstrap, database_url), workdir / "logs", workdir
+    )
+    try:
+        stages.start(STAGES)
+        wait_ready(stages)
+        watcher = None
+        if after_start is not None:
+            watcher = threading.Thread(target=after_start, args=(stages,), daemon=True)
+            watcher.start()
+        codec = make_codec(settings.schema_registry_url)
+        news = _news_items(SESSION / "news.jsonl")
+        with RecordProducer(settings, bootstrap, codec) as producer:
+            for item in news:
+                producer.send(NEWS_RAW, item)
+        if watcher is not None:
+            watcher.join(90)
+        _wait_scored(settings, bootstrap, {n.id for n in news}, stages)
+
+        prep = prepare_rows(load_bar_file(SESSION / "bars.csv"))
+        published = threading.Event()
+        errors: list[BaseException] = []
+
+        def replay() -> None:
+            try:
+                with RecordProducer(settings, bootstrap, codec) as producer:
+                    publish(prep, BarIntake(ProducerSink(producer), symbols=None), origin="fault", speed=None)
+            except BaseException as exc:  # reported by the caller
+                errors.append(exc)
+            finally:
+                published.set()
+
+        publisher = threading.Thread(target=replay, name="bars-replay", daemon=True)
+        publisher.start()
+        if during_bars is not None:
+            during_bars(stages, published)
+        publisher.join(120)
+        assert not errors, errors
+        drained = wait_drained(settings, bootstrap, database_url, stages, console, timeout_s=drain_timeout_s)
+        return RunResult(
+            tables=snapshot(database_url),
+            duplicate_executions=duplicate_executions(settings, bootstrap),
+            processing=processing_count(database_url),
+            drained_s=drained,
+            total_s=time.monotonic() - started,
+        )
+    finally:
+        stages.stop()
+        console.file.close()
+
+
+def differences(expected: dict[str, list[tuple[Any, ...]]], got: dict[str, list[tuple[Any, ...]]]) -> str:
+    """A short account of how two snapshots differ, for assertion messages."""
+    lines = []
+    for table in expected:
+        a, b = Counter(expected[table]), Counter(got[table])
+        if a != b:
+            missing, extra = list((a - b).elements()), list((b - a).elements())
+            lines.append(
+                f"{table}: {len(expected[table])} vs {len(got[table])} rows; missing {len(missing)} "
+                f"e.g. {missing[:2]}; extra {len(extra)} e.g. {extra[:2]}"
+            )
+    return "\n".join(lines) or "identical"
