@@ -421,7 +421,7 @@ def _print_status(report: Any) -> None:
 
 @app.command()
 def demo(ctx: typer.Context) -> None:
-    """Bring up broker and PostgreSQL, provision them, check a round trip, and stop."""
+    """Run every stage over the bundled sample session, summarise, report, check against a backtest."""
     from pipeline.demo import run_demo
 
     settings = _settings(ctx)
