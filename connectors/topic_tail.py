@@ -7,16 +7,10 @@ offset), so a read goes on past it until the partition has been quiet for `quiet
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
-
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline.clients import read_to_end
-from pipeline.errors import ConfigError, DecodeError, PipelineError
-from pipeline.kafka import consumer_config
+from pipeline.errors import ConfigError, DecodeError
 from pipeline.settings import Settings
 from schemas.codec import Codec, decode
 from schemas.records import Bar
@@ -33,53 +27,20 @@ def read_tail(
     timeout_s: float = 60.0,
 ) -> list[Bar]:
     """About the last `per_partition` bars of each partition (more when the watermark lags)."""
-    conf = consumer_config(
-        settings,
-        bootstrap,
-        group_id=f"ops-pipeline-bars-tail-{time.monotonic_ns()}",
-        **{"enable.partition.eof": True, "fetch.queue.backoff.ms": 10},
-    )
-    consumer = Consumer(conf)
-    try:
-        meta = consumer.list_topics(topic, timeout=15).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise ConfigError(f"no topic {topic!r}: run `ops-pipeline topics create`")
-        parts = []
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-            parts.append(TopicPartition(topic, p, max(low, high - per_partition)))
-        consumer.assign(parts)
-        return list(_drain(consumer, codec, topic, len(parts), quiet_s, timeout_s))
-    finally:
-        consumer.close()
+    from pipeline.clients import end_offsets
+    from pipeline.clients import read_tail as read_raw_tail
 
-
-def _drain(
-    consumer: Consumer, codec: Codec, topic: str, n_parts: int, quiet_s: float, timeout_s: float
-) -> Iterator[Bar]:
-    reached: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    last = time.monotonic()
-    while time.monotonic() < deadline:
-        msg = consumer.poll(0.1)
-        if msg is None:
-            if len(reached) == n_parts and time.monotonic() - last >= quiet_s:
-                return
-            continue
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                reached.add(msg.partition() or 0)
-                continue
-            raise PipelineError(f"reading {topic}: {err}")
-        last = time.monotonic()
+    if not end_offsets(settings, bootstrap, [topic]):
+        raise ConfigError(f"no topic {topic!r}: run `ops-pipeline topics create`")
+    out = []
+    for m in read_raw_tail(settings, bootstrap, topic, per_partition=per_partition, quiet_s=quiet_s,
+                           timeout_s=timeout_s):
         try:
-            headers: Any = msg.headers()
-            yield decode(codec, Bar, msg.value(), headers, topic=topic,
-                         partition=msg.partition(), offset=msg.offset())
+            out.append(decode(codec, Bar, m.value, m.headers, topic=topic, partition=m.partition,
+                              offset=m.offset))
         except DecodeError:
             continue  # not ours to judge here; the topic's consumers route it to the DLQ
-    raise PipelineError(f"reading the tail of {topic}: not at its end after {timeout_s}s")
+    return out
 
 
 def read_range(
