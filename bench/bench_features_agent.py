@@ -165,6 +165,39 @@ def catch_up(broker: TansuBroker, data: Path, n_bars: int, n_syms: int, config: 
             f"load average {os.getloadavg()[0]:.1f}"
         )
     rebuild(settings, broker.bootstrap, bars)
+    ceiling(settings, endpoints, len(bars))
+
+
+def ceiling(settings: Settings, endpoints: Endpoints, n_bars: int) -> None:
+    """faust's own consume-only rate on the same topic and machine: an agent that only acks.
+
+    The catch-up figure depends on the machine (6.5k bars/s on one of the project's machines,
+    11k on another); its ratio to this ceiling does not, much."""
+    state = {"n": 0, "first": 0.0, "last": 0.0}
+
+    def registrar(papp: Any) -> None:
+        async def consume_only(stream: Any) -> None:
+            async for events in stream.noack_take(1000, within=0.01):
+                if not state["n"]:
+                    state["first"] = time.perf_counter()
+                for event in events:
+                    await stream.ack(event)
+                state["n"] += len(events)
+                state["last"] = time.perf_counter()
+
+        papp.app.agent(papp.topic(BARS), name="consume-only", concurrency=1)(consume_only)
+
+    papp = create_app(settings, endpoints, app_id="bench-consume-only", agents=[registrar])
+    stop = threading.Event()
+    thread = threading.Thread(target=run_app, args=(papp, stop), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: state["n"] >= n_bars, 600, "the consume-only agent")
+    finally:
+        stop.set()
+        thread.join(60)
+    elapsed = state["last"] - state["first"]
+    print(f"faust consume-only ceiling (ack, no work): {n_bars / elapsed:,.0f} messages/s")
 
 
 def rebuild(settings: Settings, bootstrap: str, bars: Sequence[Bar]) -> None:
