@@ -24,6 +24,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -127,6 +128,12 @@ class DispatchHandler:
         self._unknown: dict[str, _Unknown] = {}
         self._updates: asyncio.Queue[Any] | None = None
         self.trade_updates: TradeUpdates | None = None
+        self.features_topic = papp.settings.topic(FEATURES.name)
+        self.signals_topic = papp.settings.topic(SIGNALS.name)
+        # signals consumed: partition -> next offset; and (signal agent's commits, signals end
+        # offsets read after them) snapshots waiting until every signal they imply is consumed
+        self._signals_next: dict[int, int] = {}
+        self._snapshots: deque[tuple[dict[int, int], dict[int, int]]] = deque(maxlen=64)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -153,8 +160,12 @@ class DispatchHandler:
         if not self.stale:
             return
         self.desks = await asyncio.to_thread(self.rebuild_sync)
+        starts = await asyncio.to_thread(self.start_offsets)
         for buffer in self.buffers.values():
             buffer.clear()  # not acked: the reassigned partitions deliver them again
+            buffer.expect(starts.get(self.features_topic, {}))
+        self._signals_next = dict(starts.get(self.signals_topic, {}))
+        self._snapshots.clear()
         self.stale = False
         await self._reconcile()
 
@@ -169,7 +180,11 @@ class DispatchHandler:
             buffer = self.buffers[name]
             done: list[Any] = []
             futures: list[Awaitable[Any]] = []
+            signals_next = self._signals_next
             for event in events:
+                msg = event.message
+                if msg.topic == self.signals_topic and msg.offset >= signals_next.get(msg.partition, 0):
+                    signals_next[msg.partition] = msg.offset + 1
                 try:
                     record = self.io.decode(event)
                 except Exception as exc:  # noqa: BLE001 - undecodable input: one dead letter per event
@@ -190,33 +205,84 @@ class DispatchHandler:
             done += await self._release(name)
         await self._ack(name, done)
 
-    def signal_progress(self) -> dict[int, int]:
-        """The signal agent's committed offsets on features.1m, per partition (blocking)."""
-        if self.config.signals_group is None:
-            return {}
-        from confluent_kafka import ConsumerGroupTopicPartitions
-        from confluent_kafka.admin import AdminClient
-
-        from pipeline.kafka import admin_config
-
-        settings = self.papp.settings
+    def _admin_client(self) -> Any:
         if self._admin is None:
-            self._admin = AdminClient(admin_config(settings, self.endpoints.kafka_bootstrap_servers))
-        group = settings.pipeline_topic_prefix + self.config.signals_group
-        topic = settings.topic(FEATURES.name)
+            from confluent_kafka.admin import AdminClient
+
+            from pipeline.kafka import admin_config
+
+            self._admin = AdminClient(admin_config(self.papp.settings, self.endpoints.kafka_bootstrap_servers))
+        return self._admin
+
+    def _committed(self, group: str) -> dict[str, dict[int, int]]:
+        """A consumer group's committed offsets: topic -> partition -> offset (blocking)."""
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        fut = self._admin_client().list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+        out: dict[str, dict[int, int]] = {}
+        for tp in fut.result(timeout=5).topic_partitions:
+            if tp.offset >= 0:
+                out.setdefault(tp.topic, {})[tp.partition] = tp.offset
+        return out
+
+    def start_offsets(self) -> dict[str, dict[int, int]]:
+        """Where this worker's consumer starts each assigned partition: the group's committed offset,
+        else the earliest (blocking). Only the features.1m and signals partitions matter here."""
+        assigned: set[tuple[str, int]] = set()
         try:
-            fut = self._admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-            tps = fut.result(timeout=5).topic_partitions
+            assigned = {(tp.topic, tp.partition) for tp in self.papp.app.consumer.assignment()}
+        except Exception:  # noqa: BLE001 - no consumer yet: a single worker has every partition
+            pass
+        if not assigned:
+            assigned = {(t, p) for t, n in ((self.features_topic, FEATURES.partitions),
+                                            (self.signals_topic, SIGNALS.partitions)) for p in range(n)}
+        try:
+            committed = self._committed(self.papp.app.conf.id)
+        except Exception as exc:  # noqa: BLE001 - the broker cannot say: start from the earliest
+            log.warning("dispatch: own committed offsets unknown (%s); assuming the earliest", exc)
+            committed = {}
+        out: dict[str, dict[int, int]] = {}
+        for topic, p in assigned:
+            if topic in (self.features_topic, self.signals_topic):
+                out.setdefault(topic, {})[p] = committed.get(topic, {}).get(p, 0)
+        return out
+
+    def signal_progress(self) -> tuple[dict[int, int], dict[int, int]] | None:
+        """The signal agent's committed offsets on features.1m per partition, then the end offsets
+        of the signals topic read after them: once this worker has consumed signals up to those
+        ends, every signal of a bar below those commits is in its buffers (blocking; None when
+        unknown). Tansu reports a partition's end as its last batch's base offset + 1, so there
+        "consumed up to the end" means the last batch has started arriving: the grace covers its rest."""
+        if self.config.signals_group is None:
+            return None
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        group = self.papp.settings.pipeline_topic_prefix + self.config.signals_group
+        try:
+            committed = self._committed(group).get(self.features_topic, {})
+            tps = [TopicPartition(self.signals_topic, p) for p in range(SIGNALS.partitions)]
+            futures = self._admin_client().list_offsets({tp: OffsetSpec.latest() for tp in tps},
+                                                        request_timeout=5)
+            ends = {tp.partition: fut.result(timeout=5).offset for tp, fut in futures.items()}
         except Exception:  # noqa: BLE001 - unknown group, broker busy: no progress known this time
-            return {}
-        return {tp.partition: tp.offset for tp in tps if tp.topic == topic and tp.offset >= 0}
+            return None
+        return committed, ends
 
     async def release_all(self) -> None:
         """The timer: decide what became complete while no new input arrived."""
-        progress = await asyncio.to_thread(self.signal_progress)
-        if progress:
+        snapshot = await asyncio.to_thread(self.signal_progress)
+        if snapshot is not None and not self.stale:
+            self._snapshots.append(snapshot)
             for buffer in self.buffers.values():
-                buffer.progress(progress)
+                buffer.known(snapshot[0])  # bars below the signal agent's commits exist
+        covered = None
+        while self._snapshots and all(self._signals_next.get(p, 0) >= end
+                                      for p, end in self._snapshots[0][1].items()):
+            covered = self._snapshots.popleft()[0]
+        if covered:
+            for buffer in self.buffers.values():
+                buffer.progress(covered)
         for name in self.buffers:
             async with self.lock:
                 if self.stale:

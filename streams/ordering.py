@@ -7,7 +7,15 @@ paces with `EventTimeBuffer`: an event is held until every active partition of t
 (features.1m, dense: every symbol, every minute) has moved past its minute, plus a grace period for
 the signals that minute produces, then released sorted. With `gate_on_progress`, a minute also
 waits until the producer of those signals (the signal agent) has committed past every bar of it:
-`progress()` is fed that group's committed offsets. Pure: no I/O, the wall clock is injected.
+`progress()` is fed that group's committed offsets.
+
+Partitions that have not delivered yet: after an assignment the consumer says where it starts
+(`expect`), and a partition not heard from since holds everything until it has been silent for
+`idle_s` (an empty partition) — and for as long as the records known to exist there (`known`: the
+signal producer has committed past them) lie beyond where this consumer stands. Without that, a
+cold start over a backlog releases minutes on the first partitions fetched while a slower one still
+holds bars of those minutes. A partition that has gone quiet is likewise only dropped from the
+watermark when nothing is known to lie beyond it. Pure: no I/O, the wall clock is injected.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ class EventTimeBuffer:
         "_released_upto",
         "late",
         "_pending",
+        "_expected",
+        "_next",
+        "_known_end",
     )
 
     def __init__(
@@ -79,9 +90,29 @@ class EventTimeBuffer:
         self._marks: deque[tuple[float, datetime]] = deque()  # (wall, watermark) samples
         self._released_upto: datetime | None = None
         self.late = 0
+        self._expected: dict[int, float] = {}  # clock partition -> wall time it was expected from
+        self._next: dict[int, int] = {}  # clock partition -> next offset this consumer will see
+        self._known_end: dict[int, int] = {}  # clock partition -> offsets below it are known to exist
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def expect(self, starts: dict[int, int]) -> None:
+        """The clock partitions this consumer was assigned, with the offset it starts each from."""
+        now = self._clock()
+        for p, start in starts.items():
+            self._expected[p] = now
+            self._next[p] = max(self._next.get(p, 0), start)
+
+    def known(self, ends: dict[int, int]) -> None:
+        """Offsets below `ends[p]` exist in clock partition p (e.g. a consumer committed past them)."""
+        for p, end in ends.items():
+            if end > self._known_end.get(p, 0):
+                self._known_end[p] = end
+
+    def _behind(self, p: int) -> bool:
+        """Records are known to exist in p beyond what this consumer has seen."""
+        return self._known_end.get(p, 0) > self._next.get(p, 0)
 
     def add(
         self, record: Any, item: Any, *, clock_partition: int | None = None, offset: int | None = None
@@ -89,6 +120,8 @@ class EventTimeBuffer:
         now = self._clock()
         key = canonical_key(record)
         if clock_partition is not None:
+            if offset is not None and offset >= self._next.get(clock_partition, 0):
+                self._next[clock_partition] = offset + 1
             prev = self._latest.get(clock_partition)
             if prev is None or key[0] > prev:
                 self._latest[clock_partition] = key[0]
@@ -105,6 +138,7 @@ class EventTimeBuffer:
     def progress(self, committed: dict[int, int]) -> None:
         """The signal producer's committed offset per clock partition: bars below it are covered."""
         now = self._clock()
+        self.known(committed)
         for p, upto in committed.items():
             queue = self._pending.get(p)
             while queue and queue[0][0] < upto:
@@ -115,8 +149,11 @@ class EventTimeBuffer:
 
     def _watermark(self, now: float) -> datetime | None:
         marks = []
+        for p, since in self._expected.items():
+            if p not in self._latest and (self._behind(p) or now - since <= self.idle_s):
+                return None  # not heard from yet: it may hold bars of any minute
         for p, ts in self._latest.items():
-            if now - self._heard[p] > self.idle_s:
+            if now - self._heard[p] > self.idle_s and not self._behind(p):
                 continue
             pending = self._pending.get(p) if self.gate_on_progress else None
             if pending:
@@ -132,6 +169,10 @@ class EventTimeBuffer:
         self._latest.clear()
         self._heard.clear()
         self._pending.clear()
+        self._expected.clear()
+        self._next.clear()
+        self._known_end.clear()
+        self._released_upto = None
         return items
 
     def release(self) -> list[Any]:
@@ -141,13 +182,15 @@ class EventTimeBuffer:
         now = self._clock()
         quiet = now - self._last_add
         if quiet >= self.idle_s:
-            pending = [q[0][1] for q in self._pending.values() if q] if self.gate_on_progress else []
-            if pending and quiet < self.max_hold_s:
-                # quiet, but the signal producer has not committed past every bar yet (it may be
-                # restarting): release only the minutes it covered; after max_hold_s, everything
-                upto = min(pending)
+            # quiet: everything, but for minutes the signal producer has not covered yet (it may be
+            # restarting) and partitions known to hold more than was seen; after max_hold_s, all
+            bound = self._quiet_bound() if quiet < self.max_hold_s else None
+            if bound is _HOLD:
+                upto = self._released_upto
+                if upto is None:
+                    return []
             else:
-                upto = None  # quiet: everything
+                upto = bound
         else:
             marks = self._marks
             while len(marks) > 1 and marks[1][0] <= now - self.grace_s:
@@ -175,3 +218,19 @@ class EventTimeBuffer:
             if last is None or top > last:
                 self._released_upto = top
         return [it for _k, _s, it in out]
+
+    def _quiet_bound(self) -> Any:
+        """Quiet: release below this (None: everything; _HOLD: nothing new)."""
+        bounds = []
+        for p in set(self._expected) | set(self._latest):
+            if self._behind(p):
+                latest = self._latest.get(p)
+                if latest is None:
+                    return _HOLD
+                bounds.append(latest)
+        if self.gate_on_progress:
+            bounds += [q[0][1] for q in self._pending.values() if q]
+        return min(bounds) if bounds else None
+
+
+_HOLD = object()

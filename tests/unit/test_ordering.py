@@ -147,3 +147,82 @@ def test_quiet_gated_buffer_waits_for_the_producer_then_gives_up_after_max_hold(
     assert buf.release() == ["a0"]
     clock.t = 40.0  # past max_hold_s: a dead producer must not hold exits forever
     assert buf.release() == ["a1"]
+
+
+def test_a_partition_not_heard_from_yet_holds_everything_until_idle() -> None:
+    """Cold start: partition 0 delivers minutes ahead while partition 1 has not delivered yet."""
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock)
+    buf.expect({0: 0, 1: 0})
+    for i in range(5):
+        buf.add(F("AAPL", T0 + timedelta(minutes=i)), f"a{i}", clock_partition=0, offset=i)
+    clock.t = 1.0
+    assert buf.release() == []  # without expect, a0..a3 would go before MSFT's T0 bar is seen
+    buf.add(F("MSFT", T0), "m0", clock_partition=1, offset=0)
+    buf.add(F("MSFT", T0 + timedelta(minutes=1)), "m1", clock_partition=1, offset=1)
+    clock.t = 1.6
+    buf.add(F("MSFT", T0 + timedelta(minutes=2)), "m2", clock_partition=1, offset=2)
+    clock.t = 2.2
+    assert buf.release() == ["a0", "m0", "a1", "m1"]
+
+
+def test_an_empty_expected_partition_stops_holding_after_idle() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock)
+    buf.expect({0: 0, 5: 0})  # nothing is ever published to partition 5
+    buf.add(F("AAPL", T0), "a0", clock_partition=0, offset=0)
+    buf.add(F("AAPL", T0 + timedelta(minutes=1)), "a1", clock_partition=0, offset=1)
+    clock.t = 1.0
+    buf.add(F("AAPL", T0 + timedelta(minutes=2)), "a2", clock_partition=0, offset=2)
+    assert buf.release() == []
+    clock.t = 2.1
+    buf.add(F("AAPL", T0 + timedelta(minutes=3)), "a3", clock_partition=0, offset=3)
+    clock.t = 2.7
+    assert buf.release() == ["a0", "a1", "a2"]
+
+
+def test_an_unheard_partition_known_to_hold_records_is_waited_for_past_idle() -> None:
+    """The signal producer has committed past offset 40 of partition 1: those bars exist, and this
+    consumer (starting at 0) has not seen them, so silence is not emptiness."""
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0)
+    buf.expect({0: 0, 1: 0})
+    buf.known({1: 40})
+    for i in range(3):
+        buf.add(F("AAPL", T0 + timedelta(minutes=i)), f"a{i}", clock_partition=0, offset=i)
+    clock.t = 10.0
+    assert buf.release() == []  # quiet, but partition 1 is behind: nothing new goes
+    buf.add(F("MSFT", T0), "m0", clock_partition=1, offset=0)
+    buf.add(F("MSFT", T0 + timedelta(minutes=1)), "m1", clock_partition=1, offset=1)
+    clock.t = 13.0  # quiet again: partition 1 still behind (next offset 2 < 40), bounded by its latest
+    assert buf.release() == ["a0", "m0"]
+    clock.t = 50.0  # past max_hold_s: everything
+    assert buf.release() == ["a1", "m1", "a2"]
+
+
+def test_a_quiet_partition_is_not_dropped_while_records_are_known_beyond_it() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock)
+    buf.expect({0: 0, 1: 0})
+    buf.add(F("MSFT", T0), "m0", clock_partition=1, offset=0)
+    buf.known({1: 10})  # partition 1 has more, not delivered yet (a fetch behind the others)
+    for i in range(1, 6):
+        clock.t = float(i)
+        buf.add(F("AAPL", T0 + timedelta(minutes=i)), f"a{i}", clock_partition=0, offset=i)
+    clock.t = 5.6
+    assert buf.release() == []  # MSFT's partition holds the watermark at T0
+    buf.add(F("MSFT", T0 + timedelta(minutes=3)), "m3", clock_partition=1, offset=1)
+    clock.t = 6.2
+    assert buf.release() == ["m0", "a1", "a2"]
+
+
+def test_clear_forgets_expectations() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock)
+    buf.expect({0: 0, 1: 0})
+    buf.known({1: 5})
+    buf.add(F("AAPL", T0), "a0", clock_partition=0, offset=0)
+    assert buf.clear() == ["a0"]
+    buf.add(F("AAPL", T0), "a0", clock_partition=0, offset=0)
+    clock.t = 3.0
+    assert buf.release() == ["a0"]

@@ -163,14 +163,6 @@ def test_kill_9_of_every_bar_driven_stage_but_signals_mid_stream_changes_nothing
     assert not todo, f"never seen with work, so not killed: {todo} (killed: {kills})"
 
 
-@pytest.mark.xfail(
-    strict=False,  # intermittent: it passed when the agent had committed before the kill
-    reason="dispatch decides differently after a kill -9 of the signal agent that lands before the "
-    "agent's first commit on features.1m (seen: recommendation 365c0833 META SELL became a SIMULATED "
-    "exit at 20:52 instead of SKIPPED, the 20:45 exit 68435d3f never happened); suspected: "
-    "DispatchHandler.release_all skips the signal-progress gate when the signals group has no "
-    "committed offsets (`if progress:`), so minutes are released before their signals arrive",
-)
 def test_kill_9_of_the_signal_agent_mid_stream_changes_nothing(
     reference: RunResult, kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
