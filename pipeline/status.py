@@ -103,7 +103,7 @@ def _consumer(settings: Settings, bootstrap: str) -> Consumer:
             settings,
             bootstrap,
             group_id=f"ops-pipeline-status-{time.monotonic_ns()}",
-            **{"fetch.queue.backoff.ms": 10},
+            **{"fetch.queue.backoff.ms": 10, "fetch.wait.max.ms": 10},
         )
     )
 
