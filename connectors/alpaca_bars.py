@@ -354,23 +354,36 @@ class BarsConnector:
 
 def run(settings: Settings, endpoints: Endpoints, stop: threading.Event) -> None:
     """The `bars` stage: `ops-pipeline run --only bars`."""
+    serve(build(settings, endpoints), stop)
+
+
+def build(
+    settings: Settings, endpoints: Endpoints, *, clock: Clock | None = None, **timings: Any
+) -> BarsConnector:
+    """The stage's connector, wired to the broker as `run` wires it. Production passes nothing;
+    a test passes a bar-time clock and the real-time knobs (poll, flush) to compress a session."""
     from connectors.topic_tail import read_tail
     from pipeline.clients import RecordProducer
     from schemas.codec import make_codec
     from schemas.topics import BARS
 
-    config = BarsConfig.from_settings(settings)
+    config = BarsConfig.from_settings(settings, **timings)
     codec = make_codec(endpoints.schema_registry_url)
     producer = RecordProducer(settings, endpoints.kafka_bootstrap_servers, codec)
     topic = settings.topic(BARS.name)
-    connector = BarsConnector(
+    return BarsConnector(
         config,
         credentials=CredentialSource.from_settings(settings),
         sink=ProducerSink(producer),
         calendar=TradingCalendar.xnys(),
+        clock=clock,
         tail=lambda: read_tail(settings, endpoints.kafka_bootstrap_servers, codec, topic,
                                per_partition=config.tail_per_partition),
     )
+
+
+def serve(connector: BarsConnector, stop: threading.Event) -> None:
+    """Run `connector` on its own event loop until `stop` is set."""
     asyncio.run(_until(connector, stop))
 
 

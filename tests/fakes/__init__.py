@@ -65,6 +65,34 @@ class ManualClock:
         await asyncio.sleep(min(self.max_real, max(self.min_real, seconds * self.real_scale)))
 
 
+class SteppedClock:
+    """Bar time that moves only when the test moves it, and `sleep(s)` that lasts until it has
+    moved `s` seconds on: a 60 s timer or a backoff keeps its cadence in bar time while a test
+    plays ten minutes of a session in a few real seconds. Safe to move from another thread."""
+
+    def __init__(self, start: datetime, *, poll: float = 0.002) -> None:
+        assert start.tzinfo is not None
+        self._now = start
+        self.poll = poll
+        self.sleeps: list[float] = []
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        assert when.tzinfo is not None and when >= self._now, "bar time never goes back"
+        self._now = when
+
+    def advance(self, seconds: float) -> None:
+        self.set(self._now + timedelta(seconds=seconds))
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        until = self._now + timedelta(seconds=max(0.0, seconds))
+        while self._now < until:
+            await asyncio.sleep(self.poll)
+
+
 async def wait_until(predicate: Callable[[], bool], *, timeout: float = 20.0, what: str = "") -> None:
     """Poll `predicate` on the event loop; the timeout only turns a hang into a clear failure."""
     deadline = time.monotonic() + timeout

@@ -3,7 +3,8 @@
 FakeAlpacaStream: the v2 websocket (`/v2/{feed}`): `[{"T":"success","msg":"connected"}]`, an
 auth action answered `authenticated` or error 402, error 406 when the connection limit is hit,
 a `subscription` answer listing every channel, bars "b" and updated bars "u" whose "t" is a
-msgpack Timestamp (RFC 3339 text in JSON mode), and abrupt drops. FakeAlpacaRest: GET
+msgpack Timestamp (RFC 3339 text in JSON mode), abrupt drops, and stalls (a session kept open,
+pings answered, that is sent nothing more). FakeAlpacaRest: GET
 /v2/stocks/bars in the JSON shape alpaca-py parses, paged with next_page_token.
 """
 
@@ -83,6 +84,7 @@ class FakeAlpacaStream:
         self.content_types: list[str | None] = []
         self._authenticated: set[ServerConnection] = set()
         self._subscribed: set[ServerConnection] = set()
+        self._stalled: set[ServerConnection] = set()
         self._server: Server | None = None
         self.url = ""
 
@@ -111,6 +113,10 @@ class FakeAlpacaStream:
     @property
     def subscribed_clients(self) -> int:
         return len(self._subscribed)
+
+    @property
+    def stalled_clients(self) -> int:
+        return len(self._stalled)
 
     def _gate(self, connection: ServerConnection, request: Request) -> Response | None:
         if urlsplit(request.path).path != f"/v2/{self.feed}":
@@ -165,10 +171,11 @@ class FakeAlpacaStream:
         finally:
             self._authenticated.discard(ws)
             self._subscribed.discard(ws)
+            self._stalled.discard(ws)
 
     async def send(self, msgs: list[dict[str, Any]]) -> None:
-        """One frame with these messages to every subscribed client."""
-        for ws in list(self._subscribed):
+        """One frame with these messages to every subscribed client that is not stalled."""
+        for ws in list(self._subscribed - self._stalled):
             try:
                 await ws.send(self._pack(ws, msgs))
             except ConnectionClosed:
@@ -178,12 +185,18 @@ class FakeAlpacaStream:
         for ws in list(self._subscribed):
             await ws.send(data)
 
+    def stall(self) -> None:
+        """Stall every current session: it stays open and answers pings, but nothing more is sent
+        to it (a half-dead feed). Sessions opened afterwards are served normally."""
+        self._stalled |= self._subscribed
+
     async def drop(self) -> None:
         """Cut every connection without a closing handshake, as a network failure would."""
         for ws in list(self._authenticated):
             ws.transport.abort()
         self._authenticated.clear()
         self._subscribed.clear()
+        self._stalled.clear()
 
 
 class FakeAlpacaRest:
