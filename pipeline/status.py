@@ -2,27 +2,34 @@
 
 Everything here is read-only: topic end offsets and recent volume, consumer-group lag and how long
 the oldest waiting record has waited, per-symbol bar age and missing session minutes (the gap
-detector's candidates), news age, sink table row counts.
+detector's candidates, and how many of them Alpaca REST has a bar for when credentials are
+configured), news age, sink table row counts.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipeline.clients import read_tail, true_end_offsets
-from pipeline.errors import DecodeError
+from pipeline.errors import ConfigError, DecodeError
 from pipeline.kafka import admin_config, consumer_config
 from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
 from schemas.codec import decode, make_codec
 from schemas.records import Bar, NewsItem
 from schemas.topics import BARS, CONTRACT, NEWS_RAW
+
+if TYPE_CHECKING:
+    from connectors.alpaca_rest import BarHistory, RawBars
 
 TABLES = (
     "lane_telemetry",
@@ -42,6 +49,7 @@ class Thresholds:
     stale_bar_s: float = 120.0  # market open and no bar for this long: unhealthy
     max_lag: int = 1000
     max_wait_s: float = 120.0  # a record waiting this long behind a group's commit: not committing
+    rest_timeout_s: float = 10.0  # asking Alpaca REST which missing minutes it has bars for
 
 
 @dataclass
@@ -64,8 +72,9 @@ class SymbolStatus:
     symbol: str
     last_bar: str | None
     age_s: float | None
-    missing_minutes: int
+    missing_minutes: int  # session minutes not on the topic: candidates (IEX has no bar without trades)
     missing_sample: list[str] = field(default_factory=list)
+    missing_confirmed: int | None = None  # of those, minutes REST has a bar for; None: not asked
 
 
 @dataclass
@@ -88,6 +97,9 @@ class Report:
     tables: dict[str, int | None]
     problems: list[str]
     accounts: list[AccountStatus] = field(default_factory=list)
+    # how missing_confirmed was found: "rest", "nothing missing", or "candidates (why REST was not
+    # asked or did not answer)"
+    missing_check: str = "candidates"
 
     @property
     def healthy(self) -> bool:
@@ -233,6 +245,7 @@ def collect(
     market_open = cal.is_open(now)
     session = _current_or_last_session(cal, now)
     symbols = []
+    missing_by_symbol: dict[str, list[datetime]] = {}
     for sym in settings.pipeline_symbols:
         ts = last.get(sym)
         age = (now - ts - timedelta(minutes=1)).total_seconds() if ts else None
@@ -240,6 +253,7 @@ def collect(
         if session is not None:
             end = min(session.close, now - timedelta(minutes=1))
             missing = [m for m in cal.minutes(session.open, end) if (sym, m) not in seen]
+        missing_by_symbol[sym] = missing
         symbols.append(
             SymbolStatus(
                 sym, ts.isoformat() if ts else None, age, len(missing), [m.isoformat() for m in missing[:5]]
@@ -249,6 +263,13 @@ def collect(
             problems.append(
                 f"{sym}: no bar for {'ever' if age is None else f'{age:.0f}s'} while the market is open"
             )
+
+    confirmed, missing_check = confirm_missing(
+        missing_by_symbol, lambda: _rest_history(settings), timeout_s=th.rest_timeout_s
+    )
+    if confirmed is not None:
+        for ss in symbols:
+            ss.missing_confirmed = confirmed.get(ss.symbol, 0)
 
     news_topic = settings.topic(NEWS_RAW.name)
     news_last: datetime | None = None
@@ -273,7 +294,72 @@ def collect(
         problems,
     )
     report.accounts = _accounts(settings, bootstrap, codec, now) if ends else []
+    report.missing_check = missing_check
     return report
+
+
+def _rest_history(settings: Settings) -> BarHistory:
+    """Alpaca REST with the stage's keys and feed; CredentialsUnavailable (a ConfigError) if none."""
+    from connectors.alpaca_rest import AlpacaBarHistory
+    from connectors.credentials import CredentialSource
+
+    creds = CredentialSource.from_settings(settings).load(reason="status")
+    return AlpacaBarHistory(creds, feed=settings.alpaca_feed, url=settings.alpaca_data_url)
+
+
+def confirm_missing(
+    missing: Mapping[str, Sequence[datetime]],
+    history: Callable[[], BarHistory],
+    *,
+    timeout_s: float,
+) -> tuple[dict[str, int] | None, str]:
+    """How many of each symbol's missing minutes Alpaca REST has a bar for: real gaps, which a
+    backfill fills, as opposed to minutes without trades (IEX has no bar for them). `history` is
+    called only when something is missing. Without credentials, or when REST fails or takes over
+    `timeout_s`, the answer is (None, "candidates (why)"): the counts stay candidates."""
+    from connectors.gaps import chunks
+
+    if not any(missing.values()):
+        return dict.fromkeys(missing, 0), "nothing missing"
+    try:
+        rest = history()
+    except ConfigError as exc:
+        return None, f"candidates ({exc})"
+    found = dict.fromkeys(missing, 0)
+    deadline = time.monotonic() + timeout_s
+    for chunk in chunks(missing):
+        answer = _within(partial(rest.fetch, chunk.symbols, chunk.start, chunk.end), deadline)
+        if isinstance(answer, str):
+            why = f"timed out after {timeout_s:g}s" if answer == "timed out" else answer
+            return None, f"candidates (Alpaca REST {why})"
+        for sym, bars in answer.items():
+            asked = set(chunk.asked.get(sym, ()))
+            found[sym] = found.get(sym, 0) + sum(1 for b in bars if _bar_start(b) in asked)
+    return found, "rest"
+
+
+def _within(call: Callable[[], RawBars], deadline: float) -> RawBars | str:
+    """call() in a daemon thread, as alpaca-py's requests have no timeout: its answer, or why not."""
+    out: list[RawBars | str] = []
+
+    def target() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:  # whatever REST raises, status falls back to the candidates
+            out.append(f"failed: {type(exc).__name__}")
+
+    worker = threading.Thread(target=target, name="status-rest", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    return out[0] if out else "timed out"
+
+
+def _bar_start(raw: Mapping[str, Any]) -> datetime | None:
+    t = raw.get("t")
+    try:
+        return datetime.fromisoformat(t).astimezone(UTC) if isinstance(t, str) else None
+    except ValueError:
+        return None
 
 
 def _accounts(settings: Settings, bootstrap: str, codec: Any, now: datetime) -> list[AccountStatus]:

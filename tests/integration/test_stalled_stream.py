@@ -10,7 +10,8 @@ every timer keeps its bar-time cadence.
 The session, in minutes after the open (bars of minute m arrive at m+1 plus one second):
   0-4   bars flow; status is healthy.
   5-7   the websocket stalls (open, answering pings, sending nothing); REST has the bars.
-  7:01  120 s after the last bar: status is unhealthy and names every symbol.
+  7:01  120 s after the last bar: status is unhealthy and names every symbol; REST confirms
+        its missing minutes are real gaps.
   8:01  180 s: the connector gives up on the socket and reconnects; the gap checks ask REST.
   8-10  bars flow again on the new session; the stalled minutes arrive as source=backfill.
   end   status is healthy again (what `ops-pipeline status` answers with exit 0), nothing missing.
@@ -197,6 +198,9 @@ def test_a_stalled_stream_is_unhealthy_within_two_minutes_and_is_backfilled(
         assert f"{sym}: no bar for 121s while the market is open" in stalled.problems
     by_sym = {s.symbol: s for s in stalled.symbols}
     assert {s: by_sym[s].missing_minutes for s in SYMBOLS} == {s: 2 for s in SYMBOLS}  # 5 and 6
+    # ...which REST has bars for: real gaps, not minutes without trades
+    assert stalled.missing_check == "rest"
+    assert {s: by_sym[s].missing_confirmed for s in SYMBOLS} == {s: 2 for s in SYMBOLS}
 
     # the connector's own stall timeout (180 s of silence) made it reconnect
     assert conn.stats.stalls == 1 and conn.stats.connections == 2
@@ -225,3 +229,4 @@ def test_a_stalled_stream_is_unhealthy_within_two_minutes_and_is_backfilled(
     assert recovered.healthy, recovered.problems  # `ops-pipeline status` exits 0
     for s in recovered.symbols:
         assert s.missing_minutes == 0 and s.age_s is not None and s.age_s <= STALE, s
+    assert recovered.missing_check == "nothing missing"
