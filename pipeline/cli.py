@@ -385,8 +385,8 @@ def _print_status(report: Any) -> None:
     for gs in report.groups:
         g.add_row(gs.group, str(gs.lag), str(gs.partitions_behind), age(gs.oldest_wait_s))
     console.print(g)
-    sy = Table(title="symbols")
-    for col in ("symbol", "last bar", "age", "missing minutes (candidates)"):
+    sy = Table(title=f"symbols (missing minutes checked by: {report.missing_check})")
+    for col in ("symbol", "last bar", "age", "missing minutes", "REST has"):
         sy.add_column(col)
     for ss in report.symbols:
         sy.add_row(
@@ -395,6 +395,7 @@ def _print_status(report: Any) -> None:
             age(ss.age_s),
             f"{ss.missing_minutes}"
             + (f" e.g. {', '.join(ss.missing_sample[:2])}" if ss.missing_sample else ""),
+            "-" if ss.missing_confirmed is None else str(ss.missing_confirmed),
         )
     console.print(sy)
     console.print(f"last news item: {age(report.news_age_s)} ago")
