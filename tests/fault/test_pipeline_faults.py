@@ -152,13 +152,13 @@ def _kill_run(
 def test_kill_9_of_every_bar_driven_stage_but_signals_mid_stream_changes_nothing(
     reference: RunResult, kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    """features and the sink killed while the bars are being published, then dispatch, positions
+    """features killed while the bars are being published, then the sink, dispatch, positions
     and watchlist each as soon as it is seen with a backlog (-1: its group has committed nothing
     of its input yet), each restarted at once. The signal agent has its own test below; the
     classifier's only input (the news) is scored before the bars start, it has its own test too."""
     settings = make_settings(kafka_bootstrap, database_url, topic_prefix, tmp_path / "data")
-    todo = ["dispatch", "positions", "watchlist"]
-    result, kills = _kill_run(settings, kafka_bootstrap, database_url, tmp_path, ("features", "sink"), todo)
+    todo = ["sink", "dispatch", "positions", "watchlist"]
+    result, kills = _kill_run(settings, kafka_bootstrap, database_url, tmp_path, ("features",), todo)
     assert_same_as_reference(reference, result)
     assert not todo, f"never seen with work, so not killed: {todo} (killed: {kills})"
 
