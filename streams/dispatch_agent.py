@@ -24,7 +24,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,7 +40,7 @@ from streams.app import PipelineApp, create_app, run_app
 from streams.clock import Clock, WallClock
 from streams.execution import FAILED, SUBMITTED
 from streams.gates import DEFAULT_ACCOUNTS, AccountConfig, ExchangeCalendar, SessionCalendar
-from streams.ordering import EventTimeBuffer
+from streams.ordering import EventTimeBuffer, SignalProgress
 from streams.signal_agent import EventIO
 
 log = logging.getLogger(__name__)
@@ -130,10 +129,7 @@ class DispatchHandler:
         self.trade_updates: TradeUpdates | None = None
         self.features_topic = papp.settings.topic(FEATURES.name)
         self.signals_topic = papp.settings.topic(SIGNALS.name)
-        # signals consumed: partition -> next offset; and (signal agent's commits, signals end
-        # offsets read after them) snapshots waiting until every signal they imply is consumed
-        self._signals_next: dict[int, int] = {}
-        self._snapshots: deque[tuple[dict[int, int], dict[int, int]]] = deque(maxlen=64)
+        self.signal_commits = SignalProgress()  # the signal agent's commits, once trustworthy
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -164,8 +160,7 @@ class DispatchHandler:
         for buffer in self.buffers.values():
             buffer.clear()  # not acked: the reassigned partitions deliver them again
             buffer.expect(starts.get(self.features_topic, {}))
-        self._signals_next = dict(starts.get(self.signals_topic, {}))
-        self._snapshots.clear()
+        self.signal_commits.reset(starts.get(self.signals_topic, {}))
         self.stale = False
         await self._reconcile()
 
@@ -180,11 +175,11 @@ class DispatchHandler:
             buffer = self.buffers[name]
             done: list[Any] = []
             futures: list[Awaitable[Any]] = []
-            signals_next = self._signals_next
+            progress = self.signal_commits
             for event in events:
                 msg = event.message
-                if msg.topic == self.signals_topic and msg.offset >= signals_next.get(msg.partition, 0):
-                    signals_next[msg.partition] = msg.offset + 1
+                if msg.topic == self.signals_topic:
+                    progress.consumed(msg.partition, msg.offset)
                 try:
                     record = self.io.decode(event)
                 except Exception as exc:  # noqa: BLE001 - undecodable input: one dead letter per event
@@ -211,7 +206,8 @@ class DispatchHandler:
 
             from pipeline.kafka import admin_config
 
-            self._admin = AdminClient(admin_config(self.papp.settings, self.endpoints.kafka_bootstrap_servers))
+            bootstrap = self.endpoints.kafka_bootstrap_servers
+            self._admin = AdminClient(admin_config(self.papp.settings, bootstrap))
         return self._admin
 
     def _committed(self, group: str) -> dict[str, dict[int, int]]:
@@ -231,8 +227,8 @@ class DispatchHandler:
         assigned: set[tuple[str, int]] = set()
         try:
             assigned = {(tp.topic, tp.partition) for tp in self.papp.app.consumer.assignment()}
-        except Exception:  # noqa: BLE001 - no consumer yet: a single worker has every partition
-            pass
+        except Exception as exc:  # noqa: BLE001 - no consumer yet: a single worker has every partition
+            log.debug("dispatch: assignment unknown (%s); assuming every partition", exc)
         if not assigned:
             assigned = {(t, p) for t, n in ((self.features_topic, FEATURES.partitions),
                                             (self.signals_topic, SIGNALS.partitions)) for p in range(n)}
@@ -247,7 +243,7 @@ class DispatchHandler:
                 out.setdefault(topic, {})[p] = committed.get(topic, {}).get(p, 0)
         return out
 
-    def signal_progress(self) -> tuple[dict[int, int], dict[int, int]] | None:
+    def read_signal_progress(self) -> tuple[dict[int, int], dict[int, int]] | None:
         """The signal agent's committed offsets on features.1m per partition, then the end offsets
         of the signals topic read after them: once this worker has consumed signals up to those
         ends, every signal of a bar below those commits is in its buffers (blocking; None when
@@ -271,15 +267,12 @@ class DispatchHandler:
 
     async def release_all(self) -> None:
         """The timer: decide what became complete while no new input arrived."""
-        snapshot = await asyncio.to_thread(self.signal_progress)
+        snapshot = await asyncio.to_thread(self.read_signal_progress)
         if snapshot is not None and not self.stale:
-            self._snapshots.append(snapshot)
+            self.signal_commits.sample(*snapshot)
             for buffer in self.buffers.values():
                 buffer.known(snapshot[0])  # bars below the signal agent's commits exist
-        covered = None
-        while self._snapshots and all(self._signals_next.get(p, 0) >= end
-                                      for p, end in self._snapshots[0][1].items()):
-            covered = self._snapshots.popleft()[0]
+        covered = self.signal_commits.covered()
         if covered:
             for buffer in self.buffers.values():
                 buffer.progress(covered)

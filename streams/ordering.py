@@ -234,3 +234,39 @@ class EventTimeBuffer:
 
 
 _HOLD = object()
+
+
+class SignalProgress:
+    """When the signal producer's committed offsets may be trusted by a consumer of its output.
+
+    A commit on the clock topic past bar b says b's signals are on the signals topic, not that this
+    consumer has read them. So each sample pairs the commits with the signals topic's end offsets
+    read after them, and is handed out by `covered()` only once this consumer has consumed every
+    signals partition up to those ends. Pure: offsets in, offsets out.
+    """
+
+    __slots__ = ("_next", "_samples")
+
+    def __init__(self, maxlen: int = 64) -> None:
+        self._next: dict[int, int] = {}  # signals partition -> next offset this consumer will see
+        self._samples: deque[tuple[dict[int, int], dict[int, int]]] = deque(maxlen=maxlen)
+
+    def reset(self, starts: dict[int, int]) -> None:
+        """After an assignment: where this consumer starts each signals partition."""
+        self._next = dict(starts)
+        self._samples.clear()
+
+    def consumed(self, partition: int, offset: int) -> None:
+        if offset >= self._next.get(partition, 0):
+            self._next[partition] = offset + 1
+
+    def sample(self, committed: dict[int, int], ends: dict[int, int]) -> None:
+        """The producer's commits per clock partition, then the signals end offsets read after them."""
+        self._samples.append((committed, ends))
+
+    def covered(self) -> dict[int, int] | None:
+        """The newest commits whose signals have all been consumed (None: none new)."""
+        out = None
+        while self._samples and all(self._next.get(p, 0) >= end for p, end in self._samples[0][1].items()):
+            out = self._samples.popleft()[0]
+        return out

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from streams.ordering import EventTimeBuffer, canonical_key
+from streams.ordering import EventTimeBuffer, SignalProgress, canonical_key
 
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 
@@ -226,3 +226,38 @@ def test_clear_forgets_expectations() -> None:
     buf.add(F("AAPL", T0), "a0", clock_partition=0, offset=0)
     clock.t = 3.0
     assert buf.release() == ["a0"]
+
+
+def test_signal_commits_are_trusted_only_once_their_signals_are_consumed() -> None:
+    """The signal agent committed past bar offsets 10/7 when signals partition 2 ended at 5: until
+    this consumer has read signals partition 2 up to 5, those commits are not handed out."""
+    sp = SignalProgress()
+    sp.reset({0: 0, 2: 3})  # where this consumer starts each signals partition
+    sp.sample({0: 10, 1: 7}, {0: 0, 2: 5})
+    assert sp.covered() is None
+    sp.consumed(2, 3)
+    assert sp.covered() is None  # offset 4 is still to come
+    sp.sample({0: 12, 1: 9}, {0: 1, 2: 6})
+    sp.consumed(2, 4)
+    assert sp.covered() == {0: 10, 1: 7}  # the first sample; the second needs 0 up to 1, 2 up to 6
+    assert sp.covered() is None
+    sp.consumed(0, 0)
+    sp.consumed(2, 5)
+    assert sp.covered() == {0: 12, 1: 9}
+
+
+def test_signal_commits_on_empty_signals_partitions_are_covered_at_once() -> None:
+    sp = SignalProgress()
+    sp.reset({})
+    sp.sample({0: 4}, {0: 0, 1: 0})
+    assert sp.covered() == {0: 4}
+
+
+def test_signal_commits_reset_forgets_samples() -> None:
+    sp = SignalProgress()
+    sp.reset({0: 0})
+    sp.sample({0: 4}, {0: 2})
+    sp.reset({0: 2})  # reassigned: this consumer now starts at 2, the old sample is dropped
+    assert sp.covered() is None
+    sp.sample({0: 5}, {0: 2})
+    assert sp.covered() == {0: 5}
