@@ -140,16 +140,21 @@ def group_prefix(topic_prefix: str) -> str:
     return f"g.{topic_prefix}"
 
 
-@pytest.fixture
-def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path) -> Settings:
+def make_settings(bootstrap: str, database_url: str, prefix: str, data_dir: Path) -> Settings:
+    """Settings for a test: these endpoints and prefix, no .env file, header framing."""
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_bootstrap_servers=bootstrap,
         database_url=database_url,
-        pipeline_topic_prefix=topic_prefix,
-        pipeline_data_dir=tmp_path / "data",
+        pipeline_topic_prefix=prefix,
+        pipeline_data_dir=data_dir,
         schema_registry_url=None,
     )
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path) -> Settings:
+    return make_settings(kafka_bootstrap, database_url, topic_prefix, tmp_path / "data")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from pipeline.demo import STAGES, Stages, _news_items, _wait_scored, wait_draine
 from pipeline.settings import Settings
 from schemas.codec import make_codec
 from schemas.topics import EXECUTIONS, NEWS_RAW
+from sinks.tables import LANE_FEATURES, LANE_TELEMETRY
 
 REPO = Path(__file__).resolve().parents[2]
 SESSION = REPO / "data" / "sample_session"
@@ -32,38 +33,8 @@ SESSION = REPO / "data" / "sample_session"
 # table -> the columns that must come out the same in every run (no wall-clock columns), ordered by
 # the leading primary-key columns.
 TABLES: dict[str, tuple[str, ...]] = {
-    "lane_telemetry": (
-        "ticker",
-        "ts",
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "trade_count",
-        "vwap",
-        "revision",
-    ),
-    "lane_features": (
-        "ticker",
-        "ts",
-        "close",
-        "sma_20",
-        "sma_50",
-        "volume_current",
-        "volume_avg_20",
-        "volume_ratio",
-        "volume_surge",
-        "rsi_14",
-        "macd",
-        "macd_signal",
-        "macd_hist",
-        "bb_upper",
-        "bb_middle",
-        "bb_lower",
-        "bars_seen",
-        "revision",
-    ),
+    "lane_telemetry": tuple(c for c, _ in LANE_TELEMETRY.columns if c != "source"),
+    "lane_features": tuple(c for c, _ in LANE_FEATURES.columns),  # all deterministic
     "inbound_events_classified": (
         "event_id",
         "ticker",
@@ -148,17 +119,6 @@ class RunResult:
     drained_s: float
     total_s: float
     notes: list[str] = field(default_factory=list)
-
-
-def make_settings(bootstrap: str, database_url: str, prefix: str, data_dir: Path) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        kafka_bootstrap_servers=bootstrap,
-        database_url=database_url,
-        pipeline_topic_prefix=prefix,
-        pipeline_data_dir=data_dir,
-        schema_registry_url=None,
-    )
 
 
 def stage_env(settings: Settings, bootstrap: str, database_url: str) -> dict[str, str]:

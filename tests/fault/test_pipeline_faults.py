@@ -19,12 +19,11 @@ from pipeline.demo import _committed, _sink_offsets
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
 from schemas.topics import ALL_TOPICS
-from tests.conftest import with_search_path
+from tests.conftest import make_settings, with_search_path
 from tests.fault.pipeline_helpers import (
     FaultStages,
     RunResult,
     differences,
-    make_settings,
     run_session,
 )
 
