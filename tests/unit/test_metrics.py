@@ -47,13 +47,15 @@ def test_librdkafka_stats_become_lag_gauges() -> None:
             "features.1m": {
                 "partitions": {
                     "0": {"consumer_lag": 12},
-                    "1": {"consumer_lag": -1},
+                    "1": {"consumer_lag": -1, "hi_offset": 40, "committed_offset": -1001},
+                    "2": {"consumer_lag": -1, "hi_offset": 40, "committed_offset": 45},
                     "-1": {"consumer_lag": 99},
                 }
             }
         }
     }
     m.stats_cb("sink")(json.dumps(stats))
+    m.stats_cb("sink")(json.dumps({"type": "producer", "msg_cnt": 3, "topics": {}}))
     m.stats_cb("sink")("not json")  # ignored, not raised
     assert (
         m.registry.get_sample_value(
@@ -67,3 +69,11 @@ def test_librdkafka_stats_become_lag_gauges() -> None:
         )
         is None
     )
+    # a watermark below the commit (Tansu under-reports it): caught up, not unknown
+    assert (
+        m.registry.get_sample_value(
+            "ops_consumer_lag", {"stage": "sink", "topic": "features.1m", "partition": "2"}
+        )
+        == 0
+    )
+    assert m.registry.get_sample_value("ops_producer_queue_messages", {"stage": "sink"}) == 3
