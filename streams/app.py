@@ -3,38 +3,45 @@
 Agents live in their own modules as `register(app: PipelineApp) -> None`; `create_app` calls
 the ones it is given. Transport is `kafka://` (aiokafka), processing at least once; values and
 keys travel as raw bytes and are decoded by our codec in batches, so bad input can go to a DLQ.
+Every app reports to the process's Prometheus metrics through a StageMonitor (streams.monitor).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
 from pipeline.kafka import faust_broker_url, faust_credentials
+from pipeline.metrics import Metrics
+from pipeline.metrics import metrics as process_metrics
 from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
 from schemas.codec import Codec, make_codec
 from schemas.records import DeadLetter
 from schemas.topics import SYMBOL_PARTITIONS, TopicSpec
+from streams.monitor import StageMonitor, stage_of
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PipelineApp:
-    """The faust app plus what every agent needs: settings, the codec, topic lookup."""
+    """The faust app plus what every agent needs: settings, the codec, topic lookup, metrics."""
 
     app: faust.App
     settings: Settings
     codec: Codec
+    stage: str = "ops-pipeline"  # the `stage` label of its metrics
+    metrics: Metrics = field(default_factory=process_metrics)
 
     def topic(self, spec: TopicSpec, **kwargs: Any) -> faust.TopicT:
         """The faust topic of a contract topic (prefixed), raw bytes in and out."""
@@ -59,7 +66,8 @@ class PipelineApp:
         headers: dict[str, bytes] | None = None,
     ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
         """Encode a DeadLetter for `spec`'s DLQ; returns (key, value, headers) for the caller to send
-        (the headers carry the schema name and version in header framing: keep them)."""
+        (the headers carry the schema name and version in header framing: keep them).
+        Counted as sent: the caller sends it or crashes the stage."""
         letter = DeadLetter(
             topic=self.settings.topic(spec.name),
             partition=partition,
@@ -72,8 +80,16 @@ class PipelineApp:
             stage=stage,
             failed_at=datetime.now(UTC),
         )
-        encoded, codec_headers = self.codec.encode(self.settings.topic(spec.dlq.name), letter)
+        dlq = self.settings.topic(spec.dlq.name)
+        encoded, codec_headers = self.codec.encode(dlq, letter)
+        self.count_dead_letter(dlq, letter.error_type)
         return key or b"", encoded, codec_headers
+
+    def count_dead_letter(self, dlq_topic: str, error: BaseException | str) -> None:
+        """ops_dlq_records and ops_errors for one record of this stage sent to `dlq_topic`;
+        `error` is the exception or its type's name."""
+        kind = type(error).__name__ if isinstance(error, BaseException) else error
+        self.metrics.dead_lettered(self.stage, dlq_topic, kind)
 
 
 AgentRegistrar = Callable[[PipelineApp], None]
@@ -86,13 +102,17 @@ def create_app(
     app_id: str = "ops-pipeline",
     agents: Sequence[AgentRegistrar] = (),
     codec: Codec | None = None,
+    metrics: Metrics | None = None,
     **overrides: Any,
 ) -> PipelineApp:
     """A faust app for these settings with the given agents registered.
 
     The app id (and so the consumer group and internal topic names) carries the topic prefix,
-    so a rehearsal under a prefix never shares a group with production.
+    so a rehearsal under a prefix never shares a group with production. Its metrics go to
+    `metrics` (default: the process's), labelled with the stage named by the app id.
     """
+    stage = stage_of(app_id)
+    m = metrics if metrics is not None else process_metrics()
     conf: dict[str, Any] = dict(
         broker=faust_broker_url(endpoints.kafka_bootstrap_servers),
         broker_credentials=faust_credentials(settings),
@@ -110,10 +130,17 @@ def create_app(
         broker_heartbeat_interval=1.5,
         producer_acks=-1,
         stream_wait_empty=False,
+        Monitor=functools.partial(StageMonitor, stage=stage, metrics=m),
     )
     conf.update(overrides)
     app = faust.App(f"{settings.pipeline_topic_prefix}{app_id}", **conf)
-    papp = PipelineApp(app=app, settings=settings, codec=codec or make_codec(endpoints.schema_registry_url))
+    papp = PipelineApp(
+        app=app,
+        settings=settings,
+        codec=codec or make_codec(endpoints.schema_registry_url),
+        stage=stage,
+        metrics=m,
+    )
     for register in agents:
         register(papp)
     return papp

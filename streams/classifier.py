@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import DecodeError
-from pipeline.metrics import metrics
 from pipeline.runtime import Endpoints
 from pipeline.settings import DEFAULT_SYMBOLS, Settings
 from schemas.codec import decode
@@ -116,16 +115,13 @@ class BatchHandler:
                 sends.append(await self._dead_letter(event, exc))
                 continue
             decoded.append((event, item))
-        failed = 0
         for event, result in await self._score(decoded):
             if isinstance(result, BaseException):
-                failed += 1
                 sends.append(await self._dead_letter(event, result))
                 continue
             try:  # encode all of an item's records first: it goes out whole or to the DLQ
                 encoded = [(r.ticker, *self.papp.codec.encode(self.scored_name, r)) for r in result]
             except Exception as exc:  # a record the schema refuses: the input is at fault
-                failed += 1
                 sends.append(await self._dead_letter(event, exc))
                 continue
             for ticker, value, headers in encoded:
@@ -135,10 +131,7 @@ class BatchHandler:
                     )
                 )
         await asyncio.gather(*sends)  # delivered before the caller acks the batch
-        m = metrics()
-        m.records.labels(STAGE, NEWS_RAW.name).inc(len(events))
-        m.dlq.labels(STAGE, NEWS_RAW.dlq.name).inc(len(events) - len(decoded) + failed)
-        m.progressed(STAGE)
+        # records, latency and progress: the app's StageMonitor; dead letters: _dead_letter
 
     async def _score(
         self, decoded: list[tuple[Any, NewsItem]]
@@ -182,6 +175,7 @@ class BatchHandler:
             failed_at=datetime.now(UTC),
         )
         value, headers = self.papp.codec.encode(self.dlq_name, letter)
+        self.papp.count_dead_letter(self.dlq_name, error)
         return await self.dlq.send(key=event.key or b"", value=value, headers=headers, force=True)
 
 

@@ -120,6 +120,7 @@ class EventIO:
             failed_at=datetime.now(UTC),
         )
         value, headers = self.papp.codec.encode(dlq, letter)
+        self.papp.count_dead_letter(dlq, error)
         fut: Awaitable[Any] = await self.papp.app.producer.send(dlq, event.key or b"", value, None, None,
                                                                  headers)
         return fut
