@@ -2,6 +2,7 @@
 
 Its position is `sink_offsets`, written in the transaction of the rows it covers; Kafka commits
 are advisory (lag metrics). The server upserts one batch while the sink decodes the next.
+Prometheus metrics (stage "sink") move when a batch commits; lag comes from librdkafka statistics.
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from pipeline.clients import DeliveryError, RecordProducer
 from pipeline.errors import ConfigError, DecodeError, SinkError
 from pipeline.kafka import consumer_config
+from pipeline.metrics import STATS_INTERVAL_MS, Metrics
+from pipeline.metrics import metrics as process_metrics
 from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
 from schemas.codec import Codec, make_codec
 from schemas.records import DeadLetter
 from schemas.topics import CONTRACT
 from sinks.decode import Decoder, decoder
-from sinks.store import Batch, DatabaseUnavailable, Store, letter
+from sinks.store import Batch, DatabaseUnavailable, Store, WriteReport, letter
 from sinks.tables import BY_TOPIC, InvalidRecord, Row, TableSpec
 
 log = structlog.get_logger(__name__)
+STAGE = "sink"  # the `stage` label of its metrics
 T = TypeVar("T")
 # a psycopg error should reach here classified by the store; the last two are a safety net
 _TRANSIENT = (DatabaseUnavailable, DeliveryError, KafkaException, psycopg.OperationalError,
@@ -48,6 +52,7 @@ class SinkConfig:
     connect_timeout_s: float = 5.0
     metadata_refresh_s: float = 30.0  # how often to look for added partitions
     application_name: str = "ops-pipeline-sink"  # shows in pg_stat_activity
+    stats_interval_ms: int = STATS_INTERVAL_MS  # librdkafka statistics (consumer lag)
 
     def group_id(self, prefix: str) -> str:
         return f"{prefix}ops-pipeline.sink.{self.name}"
@@ -95,6 +100,7 @@ class PostgresSink:
         config: SinkConfig | None = None,
         *,
         codec: Codec | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.endpoints = endpoints
@@ -107,9 +113,12 @@ class PostgresSink:
             for topic, spec in self._specs.items()
         }
         self.stats = SinkStats()
+        self.metrics = metrics if metrics is not None else process_metrics()
+        self._records: dict[str, Any] = {}  # topic -> its labelled counter
         self._batch = Batch()
         self._batch_started = 0.0
         self._inflight: Batch | None = None  # sent to the store, outcome not yet received
+        self._inflight_started = 0.0  # when its first record was read
         self._reposition = True  # (re)assign every partition at its stored offset
         self._partitions: list[tuple[str, int]] = []
         self._consumer: Consumer | None = None
@@ -120,13 +129,17 @@ class PostgresSink:
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set. Raises ConfigError for configuration errors, retries the rest."""
         bootstrap = self.endpoints.kafka_bootstrap_servers
-        self._producer = RecordProducer(self.settings, bootstrap, self.codec)
+        reconnects = self.metrics.reconnects.labels(STAGE)
+        self._producer = RecordProducer(
+            self.settings, bootstrap, self.codec, **self._librdkafka_stats()
+        )
         self._store = Store(
             self.endpoints.database_url,
             sink=self.config.name,
             application_name=self.config.application_name,
             connect_timeout=self.config.connect_timeout_s,
             publish=self._publish,
+            on_reconnect=reconnects.inc,
         )
         self._consumer = Consumer(
             consumer_config(
@@ -134,6 +147,7 @@ class PostgresSink:
                 bootstrap,
                 self.config.group_id(self.settings.pipeline_topic_prefix),
                 **{"fetch.queue.backoff.ms": 10, "enable.auto.offset.store": False},
+                **self._librdkafka_stats(),
             )
         )
         try:
@@ -195,7 +209,7 @@ class PostgresSink:
             self._batch_started = time.monotonic()
             if self.stats.first_record_at is None:
                 self.stats.first_record_at = self._batch_started
-        routes, offsets = self._routes, batch.offsets
+        routes, offsets, by_topic = self._routes, batch.offsets, batch.by_topic
         slots: dict[str, tuple[list[Row], list[Any]]] = {}
         count = 0
         for m in msgs:
@@ -219,6 +233,7 @@ class PostgresSink:
                 slot[0].append(row)
                 slot[1].append(m)
             offsets[(topic, m.partition())] = m.offset() + 1  # type: ignore[index,operator]
+            by_topic[topic] = by_topic.get(topic, 0) + 1
             count += 1
         batch.records += count
         self.stats.records += count
@@ -237,7 +252,7 @@ class PostgresSink:
         except _TRANSIENT as exc:
             self._fail(exc)
             return
-        self._inflight = batch
+        self._inflight, self._inflight_started = batch, self._batch_started
 
     def _receive(self) -> None:
         if self._inflight is None:
@@ -259,11 +274,28 @@ class PostgresSink:
             first = report.dead[0]
             log.warning("records sent to the DLQ", count=len(report.dead),
                         first=f"{first.topic}[{first.partition}]@{first.offset}: {first.error}")
+        self._committed_metrics(batch, report)
         self._commit_advisory(batch.offsets)
+
+    def _committed_metrics(self, batch: Batch, report: WriteReport) -> None:
+        """Per committed batch: records per topic, dead letters, and the latency of its oldest
+        record (read -> committed), so a scrape never counts what a rollback re-reads."""
+        m = self.metrics
+        for topic, n in batch.by_topic.items():
+            child = self._records.get(topic)
+            if child is None:
+                child = self._records[topic] = m.records.labels(STAGE, topic)
+            child.inc(n)
+        for dead in report.dead:
+            dlq = self.settings.topic(self._specs[dead.topic].topic.dlq.name)
+            m.dead_lettered(STAGE, dlq, dead.error_type)
+        m.latency.labels(STAGE).observe(time.monotonic() - self._inflight_started)
+        m.progressed(STAGE)
 
     def _fail(self, exc: BaseException) -> None:
         """Drop everything unwritten; the partitions are re-read from the stored offsets."""
         self.stats.outages += 1
+        self.metrics.errors.labels(STAGE, type(exc).__name__).inc()
         self._batch = Batch()
         self._reposition = True
         log.warning("write failed; resuming from the stored offsets", error=str(exc))
@@ -327,15 +359,20 @@ class PostgresSink:
     def _kafka_error(self, err: KafkaError) -> None:
         if err.fatal():
             raise SinkError(f"Kafka consumer failed: {err}")
+        self.metrics.errors.labels(STAGE, "KafkaError").inc()
         log.warning("Kafka consumer error", error=str(err))
 
     # -- helpers ----------------------------------------------------------------------------
+    def _librdkafka_stats(self) -> dict[str, Any]:
+        return self.metrics.librdkafka_stats(STAGE, self.config.stats_interval_ms)
+
     def _retrying(self, stop: threading.Event, what: str, fn: Callable[[], T]) -> T:
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while True:
             try:
                 return fn()
             except _TRANSIENT as exc:
+                self.metrics.errors.labels(STAGE, type(exc).__name__).inc()
                 delay = backoff.next()
                 log.warning(f"{what} failed; retrying", error=str(exc), retry_in_s=round(delay, 2))
                 if stop.wait(delay):

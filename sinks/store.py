@@ -52,6 +52,7 @@ class Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     records: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)  # records read per topic
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,15 @@ class Store:
         application_name: str,
         connect_timeout: float = 5.0,
         publish: Callable[[list[DeadLetter]], None] | None = None,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.sink = sink
         self.application_name = application_name
         self.connect_timeout = connect_timeout
         self.publish = publish  # sends the dead letters it finds to the .dlq topics, or raises
+        self.on_reconnect = on_reconnect  # called on every connection after the first (metrics)
+        self._connects = 0
         self._conn: psycopg.Connection[Any] | None = None
         self._pending: tuple[Batch, contextlib.ExitStack, BaseException | None] | None = None
 
@@ -128,6 +132,9 @@ class Store:
             conn.close()
             raise
         self._conn = conn
+        self._connects += 1
+        if self._connects > 1 and self.on_reconnect is not None:
+            self.on_reconnect()
         return conn
 
     def close(self) -> None:
