@@ -4,6 +4,7 @@ It speaks Alpaca's protocol with `websockets` from our own event loop instead of
 alpaca-py's StockDataStream: that client hides the error code we must branch on (406 vs 402),
 owns the retry loop and the keys, and has no hook after a reconnect (see the README). The pure
 parts live in alpaca_protocol, intake, gaps, revisions and backoff; this module only waits.
+Metrics (stage "bars"): reconnects and absorbed errors here, records and DLQ in intake.ProducerSink.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from connectors.bars_config import BarsConfig, ConnectorStats
 from connectors.clock import Clock, WallClock
 from connectors.credentials import Credentials, CredentialSource, CredentialsUnavailable
 from connectors.gaps import GapDetector, TradingCalendar, chunks, stalled
-from connectors.intake import ORIGIN_STREAM, BarIntake, BarSink, ProducerSink
+from connectors.intake import ORIGIN_STREAM, STAGE, BarIntake, BarSink, ProducerSink
 from connectors.revisions import RevisionBook
 from pipeline.clients import DeliveryError
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.metrics import Metrics
+from pipeline.metrics import metrics as process_metrics
 from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
 from schemas.records import Bar
@@ -56,6 +59,7 @@ class BarsConnector:
         history_factory: Callable[[Credentials], BarHistory] | None = None,
         tail: Callable[[], Iterable[Bar]] | None = None,
         rand: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.credentials = credentials
@@ -81,6 +85,7 @@ class BarsConnector:
             max_skew=timedelta(seconds=config.max_skew_s),
         )
         self.stats = ConnectorStats()
+        self.metrics = metrics if metrics is not None else process_metrics()
         self._creds: Credentials | None = None
         self._history: BarHistory | None = None
         self._gap_lock = asyncio.Lock()
@@ -165,6 +170,8 @@ class BarsConnector:
                 return
             attempt = 1 if self._got_data else attempt + 1
             delay = self._delay_after(failure, attempt)
+            self._error("stream_closed" if failure is None else type(failure).__name__)
+            self.metrics.reconnects.labels(STAGE).inc()
             log.info("alpaca stream reconnecting", in_seconds=round(delay, 3), attempt=attempt)
             await self._sleep(delay, stopping)
 
@@ -286,9 +293,11 @@ class BarsConnector:
             try:
                 await self._fill_gaps(reason)
             except HistoryAuthError as exc:
+                self._error(type(exc).__name__)
                 log.warning("gap check: credentials refused", error=str(exc))
                 self._load_credentials("REST authentication failed")
             except (PipelineError, KafkaException, OSError, TimeoutError) as exc:
+                self._error(type(exc).__name__)
                 log.warning("gap check failed; retrying later", error=f"{type(exc).__name__}: {exc}")
 
     async def _fill_gaps(self, reason: str) -> None:
@@ -324,6 +333,7 @@ class BarsConnector:
         try:
             self.sink.flush()
         except DeliveryError as exc:
+            self._error(type(exc).__name__)
             log.error("bars not delivered; re-reading the topic before the next gap check",
                       error=str(exc))
             self._resync = True
@@ -334,6 +344,9 @@ class BarsConnector:
                 await asyncio.wait_for(stopping.wait(), self.config.flush_interval_s)
             except TimeoutError:
                 await asyncio.to_thread(self._flush)
+
+    def _error(self, kind: str) -> None:
+        self.metrics.errors.labels(STAGE, kind).inc()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -369,7 +382,8 @@ def build(
 
     config = BarsConfig.from_settings(settings, **timings)
     codec = make_codec(endpoints.schema_registry_url)
-    producer = RecordProducer(settings, endpoints.kafka_bootstrap_servers, codec)
+    producer = RecordProducer(settings, endpoints.kafka_bootstrap_servers, codec,
+                              **process_metrics().librdkafka_stats(STAGE))
     topic = settings.topic(BARS.name)
     return BarsConnector(
         config,

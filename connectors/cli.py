@@ -101,7 +101,7 @@ def backfill_command(
                               settings.topic(BARS.name), t0, t1, symbols=set(syms))
         with RecordProducer(settings, ep.kafka_bootstrap_servers, codec) as producer:
             result = backfill(symbols=syms, start=t0, end=t1, existing=existing, history=history,
-                              sink=ProducerSink(producer), calendar=TradingCalendar.xnys(),
+                              sink=ProducerSink(producer, stage="backfill"), calendar=TradingCalendar.xnys(),
                               now=datetime.now(UTC))
     except PipelineError as exc:
         err_console.print(f"[red]backfill failed:[/red] {exc}")
@@ -182,7 +182,7 @@ def replay_command(
         err_console.print(f"[red]replay failed:[/red] {exc}")
         raise typer.Exit(1) from None
     with RecordProducer(settings, ep.kafka_bootstrap_servers, codec, prefix=prefix) as producer:
-        intake = BarIntake(ProducerSink(producer), symbols=None)
+        intake = BarIntake(ProducerSink(producer, stage="replay"), symbols=None)
         progress = Progress(
             TextColumn("replay → {task.fields[topic]}"), BarColumn(), MofNCompleteColumn(),
             RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

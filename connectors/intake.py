@@ -16,6 +16,8 @@ from connectors.gaps import Chunk, GapDetector, GapReport, Minute
 from connectors.revisions import Kind, RevisionBook
 from connectors.validation import BarRejected, parse_bar, parse_ts, raw_payload, validate_bar
 from pipeline.clients import RecordProducer
+from pipeline.metrics import Metrics
+from pipeline.metrics import metrics as process_metrics
 from schemas.records import Bar, DeadLetter
 from schemas.topics import BARS
 
@@ -31,20 +33,39 @@ class BarSink(Protocol):
 
 
 class ProducerSink:
-    """Bars to market.bars.1m keyed by symbol, rejects to market.bars.1m.dlq."""
+    """Bars to market.bars.1m keyed by symbol, rejects to market.bars.1m.dlq; counted in the
+    Prometheus metrics of `stage` (records and DLQ as queued, progress once flushed)."""
 
-    def __init__(self, producer: RecordProducer, *, flush_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        producer: RecordProducer,
+        *,
+        flush_timeout: float = 30.0,
+        stage: str = STAGE,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.producer = producer
         self.flush_timeout = flush_timeout
+        self.stage = stage
+        self.metrics = metrics if metrics is not None else process_metrics()
+        self.dlq_topic = producer.prefix + BARS.dlq.name
+        self._sent = self.metrics.records.labels(stage, producer.prefix + BARS.name)
+        self._unflushed = False
 
     def send(self, bar: Bar) -> None:
         self.producer.send(BARS, bar)
+        self._sent.inc()
+        self._unflushed = True
 
     def dead_letter(self, letter: DeadLetter) -> None:
         self.producer.send_dlq(BARS, letter)
+        self.metrics.dead_lettered(self.stage, self.dlq_topic, letter.error_type)
 
     def flush(self) -> None:
         self.producer.flush(self.flush_timeout)
+        if self._unflushed:
+            self._unflushed = False
+            self.metrics.progressed(self.stage)
 
 
 @dataclass

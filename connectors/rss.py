@@ -64,12 +64,14 @@ class RssConfig:
     timeout_s: float = 20.0  # total per fetch: connect, headers and body
     max_concurrency: int = 4
     max_age: timedelta | None = timedelta(milliseconds=NEWS_RAW.retention_ms - DAY_MS)
+    topic: str = NEWS_RAW.name  # physical (prefixed) name: the `topic` label of its metrics
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> RssConfig:
         conf: dict[str, object] = {
             "feeds": tuple(settings.rss_feeds),
             "poll_seconds": settings.rss_poll_seconds,
+            "topic": getattr(settings, "pipeline_topic_prefix", "") + NEWS_RAW.name,
         }
         for name, attr in (("max_bytes", "rss_max_bytes"), ("timeout_s", "rss_timeout_seconds")):
             value = getattr(settings, attr, None)  # fields the settings owner may add
@@ -205,7 +207,7 @@ class RssConnector:
         for o in outcomes:
             self.counts[(o.feed, o.status)] += 1
             self.counts[(o.feed, "items_published")] += o.new
-            m.records.labels(STAGE, NEWS_RAW.name).inc(o.new)
+            m.records.labels(STAGE, self.config.topic).inc(o.new)
             if o.status not in ("ok", "not_modified"):
                 m.errors.labels(STAGE, f"feed_{o.status}").inc()
         m.progressed(STAGE)
@@ -308,7 +310,8 @@ def run(settings: Settings, endpoints: Endpoints, stop: threading.Event) -> None
             backoff = min(backoff * 2, 60.0)
     log.info("rss: %d item id(s) already on news.raw; polling %d feed(s) every %.0fs",
              len(seen), len(config.feeds), config.poll_seconds)
-    with RecordProducer(settings, bootstrap, make_codec(endpoints.schema_registry_url)) as producer:
+    codec = make_codec(endpoints.schema_registry_url)
+    with RecordProducer(settings, bootstrap, codec, **metrics().librdkafka_stats(STAGE)) as producer:
         connector = RssConnector(config, producer_publisher(producer), seen)
         asyncio.run(connector.run(stop))
 
