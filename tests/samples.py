@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 
 from schemas.records import (
@@ -80,3 +82,14 @@ def sample_records(ts: datetime) -> dict[str, Record]:
         "positions": Position("large-100k", "AAPL", 10.0, 190.12, ts, 186.3, 197.7, "OPEN", 0.0, ts, None),
         "watchlist": WatchlistEntry("AAPL", ts, 0.82, 1, 1.5, 0.004, 0.4, ["volume", "momentum"]),
     }
+
+
+def poll_until(
+    cond: Callable[[], bool], deadline_s: float, what: str, alive: Callable[[], bool], poll_s: float = 0.2
+) -> None:
+    """Poll `cond` until it holds; fail if `alive()` turns false or `deadline_s` passes first."""
+    end = time.monotonic() + deadline_s
+    while not cond():
+        assert alive(), f"the stage died while waiting for {what}"
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(poll_s)

@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 import random
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +34,7 @@ from streams.features_agent import (
     to_features,
 )
 from streams.features_state import RecordWriter
+from tests.samples import poll_until
 
 T0 = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
 Key = tuple[str, datetime, int]
@@ -105,14 +105,6 @@ def worker_of(msg: Consumed) -> str:
     return dict(msg.headers)[WORKER_HEADER].decode()  # type: ignore[union-attr]
 
 
-def wait_until(cond: Callable[[], bool], deadline_s: float, what: str, alive: Callable[[], bool]) -> None:
-    end = time.monotonic() + deadline_s
-    while not cond():
-        assert alive(), f"the worker died while waiting for {what}"
-        assert time.monotonic() < end, f"gave up waiting for {what}"
-        time.sleep(0.3)
-
-
 class InThreadStage:
     """One features worker in this process, as `run` builds it, with its handler kept for asserts."""
 
@@ -163,7 +155,7 @@ def test_features_equal_the_engine_run_directly_on_the_same_bars(
             producer.send(BARS, bar)
     expected = reference(bars)
 
-    wait_until(
+    poll_until(
         lambda: stage.handler is not None and stage.handler.counts["acked"] >= len(bars),
         120,
         "every bar",
@@ -219,7 +211,7 @@ def test_duplicates_updates_out_of_order_and_poison_input(
             producer.send(BARS, b)
         producer.send(BARS, bar(3, 13.0))  # the stream goes on after all of it
 
-    wait_until(
+    poll_until(
         lambda: stage.handler is not None and stage.handler.counts["acked"] >= len(sent) + 4,
         120,
         "every bar",

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from tests.fakes.alpaca_market import bar_msg
 from tests.integration.test_bars_connector import SYMBOLS, T0, fakes, running, send_minute
 from tests.integration.test_features_agent import walk
 from tests.integration.test_sink import feat, produce, wait_drained, workload
+from tests.samples import poll_until
 
 pytestmark = pytest.mark.integration
 M = timedelta(minutes=1)
@@ -62,14 +62,6 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 def series(samples: Samples, name: str, **labels: str) -> list[float]:
     want = set(labels.items())
     return [v for (n, ls), v in samples.items() if n == name and want <= ls]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, alive: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert alive(), f"the stage died while waiting for {what}"
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_the_features_stage_serves_metrics_and_healthz(
@@ -116,7 +108,7 @@ def test_the_features_stage_serves_metrics_and_healthz(
         return value(got, "ops_records_processed_total", stage="features", topic=topic) or 0
 
     try:
-        wait_for(lambda: processed() >= len(bars) + 1, 90, "every bar processed", alive)
+        poll_until(lambda: processed() >= len(bars) + 1, 90, "every bar processed", alive)
         got = scrape(port)
         assert (value(got, "ops_processing_latency_seconds_count", stage="features") or 0) >= len(bars)
         lags = series(got, "ops_consumer_lag", stage="features", topic=topic)
@@ -187,7 +179,7 @@ def test_the_sink_feeds_its_metrics(provisioned: Settings, kafka_bootstrap: str,
                 for s in family.samples
             )
 
-        wait_for(lag_reported, 30, "a consumer lag series", worker.is_alive)
+        poll_until(lag_reported, 30, "a consumer lag series", worker.is_alive)
     finally:
         stop.set()
         worker.join(60)
