@@ -103,6 +103,10 @@ class FaultStages(Stages):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the stage: it keeps its connections and does nothing (kill9 still works)."""
+        os.killpg(self.procs[name].pid, signal.SIGSTOP)
+
     def restart(self, name: str) -> None:
         self.kill9(name)
         self.restarts[name] += 1

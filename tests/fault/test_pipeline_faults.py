@@ -117,8 +117,9 @@ def _kill_run(
     todo: list[str],
 ) -> tuple[RunResult, dict[str, int]]:
     """`first` killed one by one from 0.5 s into the bars replay (they have the replay's records to
-    process), then each of `todo` as soon as it is seen with a backlog; every kill is followed by
-    an immediate restart."""
+    process), then each of `todo` in turn: frozen (SIGSTOP) until it is seen with a backlog, so the
+    kill lands while it has work however fast it keeps up, then killed. Every kill is followed by an
+    immediate restart; a stage never seen with work stays in `todo`."""
     kills: dict[str, int] = {}
 
     def during_bars(stages: FaultStages, published: threading.Event) -> None:
@@ -126,14 +127,16 @@ def _kill_run(
             time.sleep(0.5)
             stages.restart(stage)
             kills[stage] = backlogs(settings, bootstrap, database_url)[stage]  # just after the kill
-        deadline = time.monotonic() + 90
-        while todo and time.monotonic() < deadline:
-            now = backlogs(settings, bootstrap, database_url)
-            busy = [s for s in todo if now[s] != 0]
-            if busy:
-                todo.remove(busy[0])
-                kills[busy[0]] = now[busy[0]]
-                stages.restart(busy[0])
+        for stage in list(todo):
+            stages.freeze(stage)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                backlog = backlogs(settings, bootstrap, database_url)[stage]
+                if backlog != 0:
+                    todo.remove(stage)
+                    kills[stage] = backlog
+                    break
+            stages.restart(stage)
 
     try:
         result = run_session(
@@ -152,8 +155,8 @@ def test_kill_9_of_every_bar_driven_stage_but_signals_mid_stream_changes_nothing
     reference: RunResult, kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     """features killed while the bars are being published, then the sink, dispatch, positions
-    and watchlist each as soon as it is seen with a backlog (-1: its group has committed nothing
-    of its input yet), each restarted at once. The signal agent has its own test below; the
+    and watchlist each once seen with a backlog (-1: its group has committed nothing of its input
+    yet), each restarted at once. The signal agent has its own test below; the
     classifier's only input (the news) is scored before the bars start, it has its own test too."""
     settings = make_settings(kafka_bootstrap, database_url, topic_prefix, tmp_path / "data")
     todo = ["sink", "dispatch", "positions", "watchlist"]
