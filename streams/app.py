@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,10 +27,18 @@ from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
 from schemas.codec import Codec, make_codec
 from schemas.records import DeadLetter
-from schemas.topics import SYMBOL_PARTITIONS, TopicSpec
+from schemas.topics import DLQ_SUFFIX, SYMBOL_PARTITIONS, TopicSpec
 from streams.monitor import StageMonitor, stage_of
 
 log = logging.getLogger(__name__)
+
+
+def event_headers(raw: Any) -> list[tuple[str, bytes]]:
+    """A message's headers as (name, bytes) pairs, whichever shape the client handed them over in."""
+    if not raw:
+        return []
+    pairs: Iterable[tuple[str, Any]] = raw.items() if isinstance(raw, Mapping) else raw
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in pairs]
 
 
 @dataclass
@@ -68,22 +76,59 @@ class PipelineApp:
         """Encode a DeadLetter for `spec`'s DLQ; returns (key, value, headers) for the caller to send
         (the headers carry the schema name and version in header framing: keep them).
         Counted as sent: the caller sends it or crashes the stage."""
+        dlq = self.settings.topic(spec.dlq.name)
+        encoded, codec_headers = self._encode_dead_letter(
+            dlq, self.settings.topic(spec.name), partition, offset, key, value, headers or {}, error, stage
+        )
+        return key or b"", encoded, codec_headers
+
+    async def send_dead_letter(
+        self, event: Any, error: BaseException, *, stage: str, extra_headers: Sequence[tuple[str, bytes]] = ()
+    ) -> Awaitable[Any]:
+        """Dead-letter a faust event: logged, counted, encoded and sent to its topic's DLQ (the
+        physical topic + ".dlq"); returns the delivery future, for the caller to await before it
+        acks the event."""
+        msg = event.message
+        log.warning("%s: %s[%s]@%s to the DLQ: %s", stage, msg.topic, msg.partition, msg.offset, error)
+        dlq = msg.topic + DLQ_SUFFIX
+        value, headers = self._encode_dead_letter(
+            dlq, msg.topic, msg.partition, msg.offset, event.key, event.value,
+            dict(event_headers(msg.headers)), error, stage,
+        )  # fmt: skip
+        fut: Awaitable[Any] = await self.app.producer.send(
+            dlq, event.key or b"", value, None, None, headers + list(extra_headers)
+        )
+        return fut
+
+    def _encode_dead_letter(
+        self,
+        dlq: str,
+        topic: str,
+        partition: int | None,
+        offset: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: dict[str, bytes],
+        error: BaseException | str,
+        stage: str,
+    ) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The DeadLetter's bytes and codec headers (the schema name and version in header
+        framing: keep them), counted as sent: the caller sends it or crashes the stage."""
         letter = DeadLetter(
-            topic=self.settings.topic(spec.name),
+            topic=topic,
             partition=partition,
             offset=offset,
             original_key=key,
             value=value,
-            headers=headers or {},
+            headers=headers,
             error=str(error),
             error_type=type(error).__name__ if isinstance(error, BaseException) else "Invalid",
             stage=stage,
             failed_at=datetime.now(UTC),
         )
-        dlq = self.settings.topic(spec.dlq.name)
         encoded, codec_headers = self.codec.encode(dlq, letter)
         self.count_dead_letter(dlq, letter.error_type)
-        return key or b"", encoded, codec_headers
+        return encoded, codec_headers
 
     def count_dead_letter(self, dlq_topic: str, error: BaseException | str) -> None:
         """ops_dlq_records and ops_errors for one record of this stage sent to `dlq_topic`;

@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import DecodeError
 from pipeline.runtime import Endpoints
 from pipeline.settings import DEFAULT_SYMBOLS, Settings
 from schemas.codec import decode
-from schemas.records import DeadLetter, NewsItem, ScoredNews
+from schemas.records import NewsItem, ScoredNews
 from schemas.topics import NEWS_RAW, NEWS_SCORED
-from streams.app import PipelineApp, create_app, run_app
+from streams.app import PipelineApp, create_app, event_headers, run_app
 from streams.news import (
     Classifier,
     FallbackClassifier,
@@ -77,13 +76,6 @@ def build_classifier(config: ClassifierConfig) -> FallbackClassifier:
     return FallbackClassifier(model, LexiconClassifier())
 
 
-def _headers(raw: Any) -> list[tuple[str, bytes]]:
-    if not raw:
-        return []
-    pairs: Iterable[tuple[str, Any]] = raw.items() if isinstance(raw, Mapping) else raw
-    return [(str(k), bytes(v) if v is not None else b"") for k, v in pairs]
-
-
 class BatchHandler:
     """Turns one batch of news.raw events into sends; every event ends up scored or dead-lettered."""
 
@@ -92,9 +84,7 @@ class BatchHandler:
         self.classifier = classifier
         self.config = config
         self.scored = papp.topic(NEWS_SCORED)
-        self.dlq = papp.topic(NEWS_RAW.dlq)
         self.scored_name = papp.settings.topic(NEWS_SCORED.name)
-        self.dlq_name = papp.settings.topic(NEWS_RAW.dlq.name)
 
     async def handle(self, events: Sequence[Any]) -> None:
         sends: list[Awaitable[Any]] = []
@@ -106,7 +96,7 @@ class BatchHandler:
                     self.papp.codec,
                     NewsItem,
                     event.value,
-                    _headers(msg.headers),
+                    event_headers(msg.headers),
                     topic=msg.topic,
                     partition=msg.partition,
                     offset=msg.offset,
@@ -157,26 +147,7 @@ class BatchHandler:
         return results
 
     async def _dead_letter(self, event: Any, error: BaseException) -> Awaitable[Any]:
-        msg = event.message
-        log.warning("classifier: %s[%s]@%s to the DLQ: %s", msg.topic, msg.partition,
-                    msg.offset, error)
-        # Built here rather than with PipelineApp.dead_letter, which drops the codec's headers
-        # (without them a header-framed DeadLetter cannot be decoded).
-        letter = DeadLetter(
-            topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            original_key=event.key,
-            value=event.value,
-            headers=dict(_headers(msg.headers)),
-            error=str(error),
-            error_type=type(error).__name__,
-            stage=STAGE,
-            failed_at=datetime.now(UTC),
-        )
-        value, headers = self.papp.codec.encode(self.dlq_name, letter)
-        self.papp.count_dead_letter(self.dlq_name, error)
-        return await self.dlq.send(key=event.key or b"", value=value, headers=headers, force=True)
+        return await self.papp.send_dead_letter(event, error, stage=STAGE)
 
 
 def register(

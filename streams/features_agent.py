@@ -262,24 +262,9 @@ class FeaturesHandler:
         return state
 
     async def _dead_letter(self, event: Any, error: BaseException) -> Awaitable[Any]:
-        msg = event.message
         self.counts[_DLQ_KINDS.get(type(error), "error")] += 1
         self.counts["dead_letters"] += 1
-        log.warning("features: %s[%s]@%s to the DLQ: %s", msg.topic, msg.partition, msg.offset, error)
-        key, value, headers = self.papp.dead_letter(
-            BARS,
-            stage=STAGE,
-            error=error,
-            key=event.key,
-            value=event.value,
-            partition=msg.partition,
-            offset=msg.offset,
-            headers={k: v if v is not None else b"" for k, v in message_headers(msg.headers)},
-        )
-        fut: Awaitable[Any] = await self.papp.app.producer.send(
-            self.dlq_topic, key, value, None, None, headers + self.extra_headers
-        )
-        return fut
+        return await self.papp.send_dead_letter(event, error, stage=STAGE, extra_headers=self.extra_headers)
 
 
 def register(papp: PipelineApp, *, config: FeaturesConfig | None = None) -> FeaturesHandler:

@@ -14,9 +14,8 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from pipeline.clients import read_records
@@ -26,7 +25,6 @@ from pipeline.settings import Settings
 from schemas.codec import decode
 from schemas.records import (
     MARKET_KEY,
-    DeadLetter,
     Features,
     Recommendation,
     Record,
@@ -34,7 +32,7 @@ from schemas.records import (
     WatchlistEntry,
 )
 from schemas.topics import FEATURES, NEWS_SCORED, SIGNALS, WATCHLIST, TopicSpec
-from streams.app import PipelineApp, create_app, run_app
+from streams.app import PipelineApp, create_app, event_headers, run_app
 from streams.signals import SignalRule, StrategyConfig
 
 log = logging.getLogger(__name__)
@@ -57,13 +55,6 @@ def strategy_from_settings(settings: Any, **overrides: Any) -> StrategyConfig:
             conf[name] = value
     conf.update(overrides)
     return StrategyConfig(**conf)
-
-
-def _headers(raw: Any) -> list[tuple[str, bytes]]:
-    if not raw:
-        return []
-    pairs: Iterable[tuple[str, Any]] = raw.items() if isinstance(raw, Mapping) else raw
-    return [(str(k), bytes(v) if v is not None else b"") for k, v in pairs]
 
 
 class EventIO:
@@ -91,7 +82,7 @@ class EventIO:
     def decode(self, event: Any) -> Record:
         msg = event.message
         spec = self._specs[msg.topic]
-        return decode(self.papp.codec, spec.record, event.value, _headers(msg.headers),
+        return decode(self.papp.codec, spec.record, event.value, event_headers(msg.headers),
                       topic=msg.topic, partition=msg.partition, offset=msg.offset)
 
     async def send(self, spec: TopicSpec, record: Record, key: str | None = None) -> Awaitable[Any]:
@@ -103,27 +94,8 @@ class EventIO:
         return fut
 
     async def dead_letter(self, event: Any, error: BaseException) -> Awaitable[Any]:
-        msg = event.message
         self.counts["dead_letters"] += 1
-        log.warning("%s: %s[%s]@%s to the DLQ: %s", self.stage, msg.topic, msg.partition, msg.offset, error)
-        dlq = self.papp.settings.topic(self._specs[msg.topic].dlq.name)
-        letter = DeadLetter(
-            topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            original_key=event.key,
-            value=event.value,
-            headers=dict(_headers(msg.headers)),
-            error=str(error),
-            error_type=type(error).__name__,
-            stage=self.stage,
-            failed_at=datetime.now(UTC),
-        )
-        value, headers = self.papp.codec.encode(dlq, letter)
-        self.papp.count_dead_letter(dlq, error)
-        fut: Awaitable[Any] = await self.papp.app.producer.send(dlq, event.key or b"", value, None, None,
-                                                                 headers)
-        return fut
+        return await self.papp.send_dead_letter(event, error, stage=self.stage)
 
     def read_all(self, endpoints: Endpoints, spec: TopicSpec) -> list[Record]:
         """Every decodable record of a contract topic as of now (blocking: run it in a thread)."""
