@@ -5,6 +5,7 @@ Everything outside this module sees records and TopicSpecs, never raw librdkafka
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pipeline.settings import Settings
 from schemas.codec import Codec, decode
 from schemas.records import DeadLetter, Record
 from schemas.topics import TopicSpec
+
+log = logging.getLogger(__name__)
 
 
 class DeliveryError(PipelineError):
@@ -110,6 +113,58 @@ class Consumed:
         return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
 
 
+def _drain(
+    consumer: Consumer,
+    partitions: set[tuple[str, int]],
+    what: str,
+    *,
+    quiet_s: float,
+    timeout_s: float,
+    finished: set[tuple[str, int]] | None = None,
+    poll_s: float = 0.1,
+    strict: bool = True,
+) -> Iterator[Any]:
+    """The messages of an assigned consumer (with `enable.partition.eof`) until every partition has
+    reported EOF and nothing has arrived for `quiet_s`: the reported end is a lower bound on some
+    brokers (Tansu: its last batch's base offset + 1), the quiet period covers the rest. Partitions
+    the caller adds to `finished` count as ended and their further messages are skipped. After
+    `timeout_s`: PipelineError, or (not `strict`) the end of the iteration."""
+    finished = set() if finished is None else finished
+    reached: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    while time.monotonic() < deadline:
+        if finished >= partitions:
+            return
+        msg = consumer.poll(poll_s)
+        now = time.monotonic()
+        if msg is None:
+            if (reached | finished) >= partitions and now - last >= quiet_s:
+                return
+            continue
+        key = (msg.topic() or "", msg.partition() or 0)
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                reached.add(key)
+                continue
+            raise PipelineError(f"{what}: {err}")
+        if key in finished:
+            continue
+        last = now
+        yield msg
+    if strict:
+        raise PipelineError(f"{what}: not at its end after {timeout_s}s")
+
+
+def _consumed(msg: Any) -> Consumed:
+    raw_headers: Any = msg.headers() or []
+    return Consumed(
+        msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], msg.key(), msg.value(),
+        list(raw_headers),
+    )  # fmt: skip
+
+
 def read_to_end(
     settings: Settings,
     bootstrap: str,
@@ -141,51 +196,20 @@ def read_to_end(
             raise PipelineError(f"no such topic {topic!r}")
         parts = [TopicPartition(topic, p, 0) for p in sorted(tmeta.partitions)]
         consumer.assign(parts)
-        # partition EOF events mark "at the reported end"; the quiet period covers the rest
-        ends = {tp.partition for tp in parts}
-        reached: set[int] = set()
-        past: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        last_msg = time.monotonic()
+        past: set[tuple[str, int]] = set()  # partitions past until_ms
         count = 0
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.1)
-            now = time.monotonic()
-            if msg is None:
-                if len(reached | past) == len(ends) and (now - last_msg >= quiet_s or past == ends):
-                    return
-                continue
-            err = msg.error()
-            partition, offset = msg.partition(), msg.offset()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF and partition is not None:
-                    reached.add(partition)
-                    continue
-                raise PipelineError(f"reading {topic}: {err}")
-            assert partition is not None and offset is not None
-            if partition in past:
-                continue
+        for msg in _drain(
+            consumer, {(topic, tp.partition) for tp in parts}, f"reading {topic}",
+            quiet_s=quiet_s, timeout_s=timeout_s, finished=past,
+        ):  # fmt: skip
             timestamp_ms = msg.timestamp()[1]
             if until_ms is not None and timestamp_ms > until_ms:
-                past.add(partition)
-                if past == ends:
-                    return
+                past.add((topic, msg.partition()))
                 continue
-            last_msg = now
-            raw_headers: Any = msg.headers() or []
-            yield Consumed(
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                timestamp_ms=timestamp_ms,
-                key=msg.key(),
-                value=msg.value(),
-                headers=list(raw_headers),
-            )
+            yield _consumed(msg)
             count += 1
             if limit is not None and count >= limit:
                 return
-        raise PipelineError(f"reading {topic}: not at its end after {timeout_s}s")
     finally:
         consumer.close()
 
@@ -257,34 +281,14 @@ def read_tail(
         **{"enable.partition.eof": True, "fetch.queue.backoff.ms": 10},
     )
     consumer = Consumer(conf)
-    out: list[Consumed] = []
     try:
         consumer.assign([TopicPartition(t, p, max(0, end - per_partition)) for (t, p), end in ends.items()])
-        reached: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        last = time.monotonic()
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.1)
-            if msg is None:
-                if len(reached) == len(ends) and time.monotonic() - last >= quiet_s:
-                    return out
-                continue
-            err = msg.error()
-            partition, offset = msg.partition(), msg.offset()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF and partition is not None:
-                    reached.add(partition)
-                    continue
-                raise PipelineError(f"reading the tail of {topic}: {err}")
-            assert partition is not None and offset is not None
-            last = time.monotonic()
-            raw_headers: Any = msg.headers() or []
-            out.append(
-                Consumed(
-                    topic, partition, offset, msg.timestamp()[1], msg.key(), msg.value(), list(raw_headers)
-                )
+        return [
+            _consumed(msg)
+            for msg in _drain(
+                consumer, set(ends), f"reading the tail of {topic}", quiet_s=quiet_s, timeout_s=timeout_s
             )
-        raise PipelineError(f"reading the tail of {topic}: not at its end after {timeout_s}s")
+        ]
     finally:
         consumer.close()
 
@@ -309,25 +313,15 @@ def true_end_offsets(
     consumer = Consumer(conf)
     try:
         consumer.assign([TopicPartition(t, p, end) for (t, p), end in ends.items()])
-        eof: set[tuple[str, int]] = set()
-        last = time.monotonic()
-        deadline = last + 30
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.05)
-            if msg is None:
-                if len(eof) == len(ends) and time.monotonic() - last >= quiet_s:
-                    break
-                continue
+        messages = _drain(
+            consumer, set(ends), "reading to the end",
+            quiet_s=quiet_s, timeout_s=30, poll_s=0.05, strict=False,
+        )  # fmt: skip
+        for msg in messages:
             key = (msg.topic() or "", msg.partition() or 0)
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    eof.add(key)
-                continue
-            last = time.monotonic()
-            offset = msg.offset()
-            if offset is not None and offset + 1 > ends.get(key, 0):
-                ends[key] = offset + 1
+            ends[key] = max(ends.get(key, 0), msg.offset() + 1)
+    except PipelineError as exc:  # a consumer error: the ends found so far, still lower bounds
+        log.warning("true end offsets of %s: %s", ", ".join(topics), exc)
     finally:
         consumer.close()
     return ends
