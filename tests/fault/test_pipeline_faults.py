@@ -174,6 +174,33 @@ def test_kill_9_of_the_signal_agent_mid_stream_changes_nothing(
     assert_same_as_reference(reference, result)
 
 
+def test_dispatch_cold_started_over_the_whole_session_decides_the_same(
+    reference: RunResult, kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The dispatch stage frozen from the first bar until every other stage has worked through the
+    whole session, then killed and restarted: a cold start over a backlog of every features.1m
+    partition and the signals topic, fetched at uneven paces. Its event-time order must restore the
+    decisions of the run where it kept up (`tests/unit/test_ordering.py` pins the rules)."""
+    settings = make_settings(kafka_bootstrap, database_url, topic_prefix, tmp_path / "data")
+    waited: list[dict[str, int]] = []
+
+    def during_bars(stages: FaultStages, published: threading.Event) -> None:
+        stages.freeze("dispatch")
+        assert published.wait(120), "the bars were not published"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = backlogs(settings, kafka_bootstrap, database_url)
+            if now["features"] == 0 and now["signals"] == 0 and now["dispatch"] != 0:
+                waited.append(now)
+                break
+        stages.restart("dispatch")
+
+    result = run_session(settings, kafka_bootstrap, database_url, tmp_path, during_bars=during_bars)
+    assert waited, "features and signals never caught up while dispatch was frozen"
+    print(f"dispatch restarted with backlogs {waited[0]}; drained {result.drained_s:.0f}s after")
+    assert_same_as_reference(reference, result)
+
+
 def test_kill_9_of_the_classifier_while_it_scores_changes_nothing(
     reference: RunResult, kafka_bootstrap: str, database_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
