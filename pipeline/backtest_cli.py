@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -177,10 +178,13 @@ def write_outputs(out: Path, result: BacktestResult, title: str) -> dict[str, An
     from schemas.records import Execution, Features, Recommendation
 
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(
-        out / "features.csv", Features.field_names(), (features_record(f).to_avro() for f in result.features)
-    )
-    write_csv(out / "signals.csv", Recommendation.field_names(), (r.to_avro() for r in result.signals))
+    # by (bar time, symbol), stably: symbols of one minute come in whatever order the input interleaved
+    # them (a topic's partitions are read at uneven paces), one symbol's records in their own order
+    by_time = attrgetter("ts", "symbol")
+    features = sorted(result.features, key=by_time)
+    write_csv(out / "features.csv", Features.field_names(), (features_record(f).to_avro() for f in features))
+    signals = sorted(result.signals, key=by_time)
+    write_csv(out / "signals.csv", Recommendation.field_names(), (r.to_avro() for r in signals))
     write_csv(out / "executions.csv", Execution.field_names(), (e.to_avro() for e in result.executions))
     trades = [t for led in result.ledgers.values() for t in led.trades]
     trade_cols = (

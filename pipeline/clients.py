@@ -115,7 +115,7 @@ class Consumed:
 
 def _drain(
     consumer: Consumer,
-    partitions: set[tuple[str, int]],
+    ends: dict[tuple[str, int], int],
     what: str,
     *,
     quiet_s: float,
@@ -124,12 +124,15 @@ def _drain(
     poll_s: float = 0.1,
     strict: bool = True,
 ) -> Iterator[Any]:
-    """The messages of an assigned consumer (with `enable.partition.eof`) until every partition has
-    reported EOF and nothing has arrived for `quiet_s`: the reported end is a lower bound on some
-    brokers (Tansu: its last batch's base offset + 1), the quiet period covers the rest. Partitions
+    """The messages of an assigned consumer (with `enable.partition.eof`) until every partition of
+    `ends` has reported EOF at or past its end there (the broker's end offsets as read before, so a
+    partition that reports EOF early, at an end it has since moved past, is not taken as done) and
+    nothing has arrived for `quiet_s`: the reported end is a lower bound on some brokers (Tansu:
+    its last batch's base offset + 1), the quiet period covers the rest. Partitions
     the caller adds to `finished` count as ended and their further messages are skipped. After
     `timeout_s`: PipelineError, or (not `strict`) the end of the iteration."""
     finished = set() if finished is None else finished
+    partitions = set(ends)
     reached: set[tuple[str, int]] = set()
     deadline = time.monotonic() + timeout_s
     last = time.monotonic()
@@ -146,7 +149,8 @@ def _drain(
         err = msg.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
-                reached.add(key)
+                if (msg.offset() or 0) >= ends.get(key, 0):
+                    reached.add(key)
                 continue
             raise PipelineError(f"{what}: {err}")
         if key in finished:
@@ -198,8 +202,10 @@ def read_to_end(
         consumer.assign(parts)
         past: set[tuple[str, int]] = set()  # partitions past until_ms
         count = 0
+        known = end_offsets(settings, bootstrap, [topic])
         for msg in _drain(
-            consumer, {(topic, tp.partition) for tp in parts}, f"reading {topic}",
+            consumer, {(topic, tp.partition): known.get((topic, tp.partition), 0) for tp in parts},
+            f"reading {topic}",
             quiet_s=quiet_s, timeout_s=timeout_s, finished=past,
         ):  # fmt: skip
             timestamp_ms = msg.timestamp()[1]
@@ -286,7 +292,7 @@ def read_tail(
         return [
             _consumed(msg)
             for msg in _drain(
-                consumer, set(ends), f"reading the tail of {topic}", quiet_s=quiet_s, timeout_s=timeout_s
+                consumer, ends, f"reading the tail of {topic}", quiet_s=quiet_s, timeout_s=timeout_s
             )
         ]
     finally:
@@ -314,7 +320,7 @@ def true_end_offsets(
     try:
         consumer.assign([TopicPartition(t, p, end) for (t, p), end in ends.items()])
         messages = _drain(
-            consumer, set(ends), "reading to the end",
+            consumer, dict(ends), "reading to the end",
             quiet_s=quiet_s, timeout_s=30, poll_s=0.05, strict=False,
         )  # fmt: skip
         for msg in messages:
