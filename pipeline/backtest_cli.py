@@ -69,33 +69,18 @@ def load_bars(
 
 
 def _read_topic(settings: Settings, topic: str, record_type: type[Record]) -> list[Record]:
-    from pipeline.clients import read_to_end
-    from pipeline.errors import DecodeError
+    from pipeline.clients import read_decoded
     from pipeline.runtime import resolve
-    from schemas.codec import decode, make_codec
+    from schemas.codec import make_codec
 
     endpoints = resolve(settings, need_db=False)
     codec = make_codec(endpoints.schema_registry_url)
     physical = topic if topic.startswith(settings.pipeline_topic_prefix) else settings.topic(topic)
-    out = []
-    for m in read_to_end(
-        settings, endpoints.kafka_bootstrap_servers, physical, quiet_s=0.5, until_ms=int(time.time() * 1000)
-    ):
-        try:
-            out.append(
-                decode(
-                    codec,
-                    record_type,
-                    m.value,
-                    m.headers,
-                    topic=physical,
-                    partition=m.partition,
-                    offset=m.offset,
-                )
-            )
-        except DecodeError:
-            continue
-    return out
+    messages = read_decoded(
+        settings, endpoints.kafka_bootstrap_servers, codec, record_type, physical,
+        quiet_s=0.5, until_ms=int(time.time() * 1000),
+    )  # fmt: skip
+    return [rec for _, rec in messages if isinstance(rec, Record)]
 
 
 def load_news(settings: Settings, *, news_file: Path | None, topic: str | None) -> list[ScoredNews]:

@@ -220,6 +220,21 @@ def read_to_end(
         consumer.close()
 
 
+def read_decoded(
+    settings: Settings, bootstrap: str, codec: Codec, record_type: type[Record], topic: str, **kwargs: Any
+) -> Iterator[tuple[Consumed, Record | DecodeError]]:
+    """`read_to_end` of a (physical) topic, each message decoded as `record_type`; an undecodable
+    message comes back as its DecodeError."""
+    for m in read_to_end(settings, bootstrap, topic, **kwargs):
+        try:
+            rec: Record | DecodeError = decode(
+                codec, record_type, m.value, m.headers, topic=topic, partition=m.partition, offset=m.offset
+            )
+        except DecodeError as exc:
+            rec = exc
+        yield m, rec
+
+
 def read_records(
     settings: Settings,
     bootstrap: str,
@@ -231,16 +246,7 @@ def read_records(
 ) -> list[tuple[Consumed, Record | DecodeError]]:
     """A bounded read of one contract topic, decoded; undecodable messages come back as errors."""
     topic = (settings.pipeline_topic_prefix if prefix is None else prefix) + spec.name
-    out: list[tuple[Consumed, Record | DecodeError]] = []
-    for m in read_to_end(settings, bootstrap, topic, **kwargs):
-        try:
-            rec: Record | DecodeError = decode(
-                codec, spec.record, m.value, m.headers, topic=topic, partition=m.partition, offset=m.offset
-            )
-        except DecodeError as exc:
-            rec = exc
-        out.append((m, rec))
-    return out
+    return list(read_decoded(settings, bootstrap, codec, spec.record, topic, **kwargs))
 
 
 def end_offsets(settings: Settings, bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:

@@ -84,9 +84,9 @@ def read_topic(
     in `df.attrs["undecodable"]`."""
     import pandas as pd
 
-    from pipeline.clients import read_to_end
+    from pipeline.clients import read_decoded
     from pipeline.runtime import resolve
-    from schemas.codec import decode, make_codec
+    from schemas.codec import make_codec
     from schemas.topics import spec as topic_spec
 
     settings = settings or Settings()
@@ -101,20 +101,12 @@ def read_topic(
 
     rows: list[dict[str, Any]] = []
     bad = 0
-    for msg in read_to_end(
-        settings, endpoints.kafka_bootstrap_servers, physical, quiet_s=0.5, until_ms=int(time.time() * 1000)
-    ):
-        try:
-            rec = decode(
-                codec,
-                spec.record,
-                msg.value,
-                msg.headers,
-                topic=physical,
-                partition=msg.partition,
-                offset=msg.offset,
-            )
-        except DecodeError:
+    messages = read_decoded(
+        settings, endpoints.kafka_bootstrap_servers, codec, spec.record, physical,
+        quiet_s=0.5, until_ms=int(time.time() * 1000),
+    )  # fmt: skip
+    for msg, rec in messages:
+        if isinstance(rec, DecodeError):
             bad += 1
             continue
         row = rec.to_avro()

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pipeline.clients import RecordProducer
 from pipeline.settings import Settings
 
 REDPANDA_IMAGE = "docker.redpanda.com/redpandadata/redpanda:v24.2.18"
@@ -169,3 +170,12 @@ def provisioned(settings: Settings, kafka_bootstrap: str, database_url: str) -> 
     create_topics(AdminClient(admin_config(settings, kafka_bootstrap)), prefix=settings.pipeline_topic_prefix)
     migrate.apply(database_url)
     return settings
+
+
+@pytest.fixture
+def produce(provisioned: Settings, kafka_bootstrap: str) -> Iterator[RecordProducer]:
+    """A producer of contract records (header framing) to this test's provisioned topics."""
+    from schemas.codec import HeaderCodec
+
+    with RecordProducer(provisioned, kafka_bootstrap, HeaderCodec()) as producer:
+        yield producer

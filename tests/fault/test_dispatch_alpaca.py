@@ -18,18 +18,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.clients import RecordProducer
-from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
-from schemas.codec import HeaderCodec
 from schemas.records import Execution, Recommendation
 from schemas.topics import EXECUTIONS, SIGNALS
 from streams import dispatch_agent
-from streams.app import PipelineApp, create_app, run_app
 from streams.execution import client_order_id
 from streams.gates import AccountConfig
 from streams.signals import recommendation_id
 from tests.fakes.alpaca_trading import FakeAlpacaTrading, FakeOrder
-from tests.integration.test_trading_helpers import OPEN, read, run_until
+from tests.integration.test_trading_helpers import OPEN, dispatch_stage, read, run_until
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -70,12 +67,6 @@ def fake() -> Iterator[FakeAlpacaTrading]:
     server = FakeAlpacaTrading(prices={"AAPL": 101.5}).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def produce(provisioned: Settings, kafka_bootstrap: str) -> Iterator[RecordProducer]:
-    with RecordProducer(provisioned, kafka_bootstrap, HeaderCodec()) as producer:
-        yield producer
 
 
 def executions(settings: Settings, bootstrap: str) -> list[Execution]:
@@ -144,7 +135,6 @@ def test_kill_9_between_the_post_and_its_record_then_restart_gives_exactly_one_o
 
 
 def _stage(settings: Settings, bootstrap: str, fake: FakeAlpacaTrading, account: AccountConfig):
-    endpoints = Endpoints(bootstrap, "", None, embedded=False)
     config = dispatch_agent.DispatchConfig(accounts=(account,), clock="bar", alpaca_url=fake.url,
                                            alpaca_stream_url=fake.stream_url, trade_updates=False,
                                            reconcile_every_s=1.0)
@@ -153,15 +143,7 @@ def _stage(settings: Settings, bootstrap: str, fake: FakeAlpacaTrading, account:
     settings = settings.model_copy(update={"apca_api_key_id": SecretStr("key"),
                                            "apca_api_secret_key": SecretStr("secret")})
 
-    def register(p: PipelineApp) -> None:
-        dispatch_agent.register(p, endpoints=endpoints, config=config)
-
-    def stage(stop: object) -> None:
-        papp = create_app(settings, endpoints, app_id=dispatch_agent.APP_ID, broker_commit_interval=0.5,
-                          agents=[register])
-        run_app(papp, stop)  # type: ignore[arg-type]
-
-    return stage
+    return dispatch_stage(settings, bootstrap, config)
 
 
 def test_a_burst_of_500_signals_respects_the_submit_rate_gate(

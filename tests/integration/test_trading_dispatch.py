@@ -4,47 +4,30 @@ decided set rebuilt from the executions topic after a restart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from pipeline.clients import RecordProducer
-from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
-from schemas.codec import HeaderCodec
 from schemas.records import Execution, Recommendation
 from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
 from streams import dispatch_agent
-from streams.app import PipelineApp, create_app, run_app
 from streams.gates import GATE_ORDER, LARGE_100K, TINY_1K
 from streams.signals import SignalRule, recommendation_id
-from tests.integration.test_trading_helpers import OPEN, caught_up, read, run_until, session_features
+from tests.integration.test_trading_helpers import (
+    OPEN,
+    caught_up,
+    dispatch_stage,
+    read,
+    run_until,
+    session_features,
+)
 
 pytestmark = pytest.mark.integration
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "NVDA")
-
-
-@pytest.fixture
-def produce(provisioned: Settings, kafka_bootstrap: str) -> Iterator[RecordProducer]:
-    with RecordProducer(provisioned, kafka_bootstrap, HeaderCodec()) as producer:
-        yield producer
-
-
-def _stage(settings: Settings, bootstrap: str, config: dispatch_agent.DispatchConfig):
-    endpoints = Endpoints(bootstrap, "", None, embedded=False)
-
-    def register(p: PipelineApp) -> None:
-        dispatch_agent.register(p, endpoints=endpoints, config=config)
-
-    def stage(stop: object) -> None:
-        papp = create_app(settings, endpoints, app_id=dispatch_agent.APP_ID, broker_commit_interval=0.5,
-                          agents=[register])
-        run_app(papp, stop)  # type: ignore[arg-type]
-
-    return stage
 
 
 def executions(settings: Settings, bootstrap: str) -> list[Execution]:
@@ -65,7 +48,7 @@ def test_one_decision_per_recommendation_and_account_across_redelivery_and_resta
     produce.flush()
 
     config = dispatch_agent.DispatchConfig(accounts=(LARGE_100K, TINY_1K), clock="bar")
-    stage = _stage(provisioned, kafka_bootstrap, config)
+    stage = dispatch_stage(provisioned, kafka_bootstrap, config)
     wanted = {(a.name, r.id) for a in config.accounts for r in recs}
 
     def decided() -> set[tuple[str, str]]:
@@ -112,7 +95,7 @@ def test_kill_switch_holds_across_a_restart(
 ) -> None:
     account = replace(TINY_1K, name="tiny-killable", daily_loss_limit=20.0, min_confidence=0.5)
     config = dispatch_agent.DispatchConfig(accounts=(account,), clock="bar")
-    stage = _stage(provisioned, kafka_bootstrap, config)
+    stage = dispatch_stage(provisioned, kafka_bootstrap, config)
     buy, sell = _rec("AAPL", "BUY", 10, 100.0), _rec("AAPL", "SELL", 12, 90.0)  # -10% on $250
     produce.send(SIGNALS, buy)
     produce.send(SIGNALS, sell)  # same symbol, same partition: decided after the entry

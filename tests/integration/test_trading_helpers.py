@@ -112,3 +112,22 @@ def caught_up(settings: Settings, bootstrap: str, group: str, *specs: TopicSpec)
         return True
 
     return done
+
+
+def dispatch_stage(settings: Settings, bootstrap: str, config: Any) -> Callable[[threading.Event], None]:
+    """The dispatch stage with `config` (a DispatchConfig), for `run_until`; commits every 0.5 s."""
+    from pipeline.runtime import Endpoints
+    from streams import dispatch_agent
+    from streams.app import PipelineApp, create_app, run_app
+
+    endpoints = Endpoints(bootstrap, "", None, embedded=False)
+
+    def register(p: PipelineApp) -> None:
+        dispatch_agent.register(p, endpoints=endpoints, config=config)
+
+    def stage(stop: threading.Event) -> None:
+        papp = create_app(settings, endpoints, app_id=dispatch_agent.APP_ID, broker_commit_interval=0.5,
+                          agents=[register])
+        run_app(papp, stop)
+
+    return stage

@@ -3,7 +3,6 @@ nothing new after a restart over the same input, and poison input to the DLQ."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from pipeline.clients import RecordProducer
 from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
-from schemas.codec import HeaderCodec
 from schemas.records import DeadLetter, Recommendation, ScoredNews
 from schemas.topics import FEATURES, NEWS_SCORED, SIGNALS
 from streams import signal_agent
@@ -22,12 +20,6 @@ from tests.integration.test_trading_helpers import OPEN, caught_up, read, run_un
 pytestmark = pytest.mark.integration
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "NVDA")
-
-
-@pytest.fixture
-def produce(provisioned: Settings, kafka_bootstrap: str) -> Iterator[RecordProducer]:
-    with RecordProducer(provisioned, kafka_bootstrap, HeaderCodec()) as producer:
-        yield producer
 
 
 def test_signal_agent_matches_the_pure_rule_and_survives_a_restart(

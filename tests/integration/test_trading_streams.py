@@ -3,7 +3,6 @@ objects in-process, and nothing new (or lost) after a restart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
@@ -12,7 +11,6 @@ import pytest
 from pipeline.clients import RecordProducer
 from pipeline.runtime import Endpoints
 from pipeline.settings import Settings
-from schemas.codec import HeaderCodec
 from schemas.records import Execution, Position, Recommendation, WatchlistEntry
 from schemas.topics import EXECUTIONS, FEATURES, POSITIONS, WATCHLIST
 from streams import position_agent, watchlist_agent
@@ -27,12 +25,6 @@ from tests.integration.test_trading_helpers import caught_up, read, run_until, s
 pytestmark = pytest.mark.integration
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "NVDA", "AMZN")
-
-
-@pytest.fixture
-def produce(provisioned: Settings, kafka_bootstrap: str) -> Iterator[RecordProducer]:
-    with RecordProducer(provisioned, kafka_bootstrap, HeaderCodec()) as producer:
-        yield producer
 
 
 def _run(settings: Settings, bootstrap: str, module: object, register: object):
