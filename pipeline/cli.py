@@ -385,7 +385,8 @@ def _print_status(report: Any) -> None:
     for gs in report.groups:
         g.add_row(gs.group, str(gs.lag), str(gs.partitions_behind), age(gs.oldest_wait_s))
     console.print(g)
-    sy = Table(title=f"symbols (missing minutes checked by: {report.missing_check})")
+    checked = report.missing_check == "rest"
+    sy = Table(title="symbols" + ("" if checked else " (missing minutes: candidates, see below)"))
     for col in ("symbol", "last bar", "age", "missing minutes", "REST has"):
         sy.add_column(col)
     for ss in report.symbols:
@@ -398,6 +399,8 @@ def _print_status(report: Any) -> None:
             "-" if ss.missing_confirmed is None else str(ss.missing_confirmed),
         )
     console.print(sy)
+    if not checked:
+        console.print(f"missing minutes not checked against Alpaca REST: {report.missing_check}")
     console.print(f"last news item: {age(report.news_age_s)} ago")
     ac = Table(title="accounts (rebuilt from the executions topic)")
     for col in ("account", "kill switch", "trades today", "realized today", "open positions"):

@@ -93,6 +93,9 @@ def common_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap,
         "client.id": settings.kafka_client_id,
+        # librdkafka's own stderr lines from notice up (warnings, errors); its informational ones
+        # (a closed idle connection, a purged queue at exit) read like failures on a CLI
+        "log_level": 5,
         **_security(settings),
     }
 
