@@ -9,6 +9,8 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY opsinfra opsinfra
+COPY trading trading
 COPY pipeline pipeline
 COPY schemas schemas
 COPY connectors connectors

@@ -17,14 +17,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from schemas.records import Bar  # noqa: E402
+from schemas.topics import ALL_TOPICS
 
 
 def make_bars(n: int, symbols: int, seed: int = 7) -> list[Bar]:
     """Random-walk minute bars in XNYS regular sessions, every symbol every minute, time order."""
-    from streams.gates import ExchangeCalendar
+    from trading.calendar import TradingCalendar
 
     rng = random.Random(seed)
-    cal = ExchangeCalendar()
+    cal = TradingCalendar()
     names = [f"S{i:03d}" for i in range(symbols)]
     price = {s: 50.0 + 5 * i for i, s in enumerate(names)}
     minutes_needed = -(-n // symbols)
@@ -52,10 +53,11 @@ def make_bars(n: int, symbols: int, seed: int = 7) -> list[Bar]:
 
 
 def run_inprocess(bars: list[Bar]) -> tuple[float, object]:
-    from pipeline.backtest import Backtester
-    from streams.gates import DEFAULT_ACCOUNTS, ExchangeCalendar
+    from trading.backtest import Backtester
+    from trading.calendar import TradingCalendar
+    from trading.gates import DEFAULT_ACCOUNTS
 
-    cal = ExchangeCalendar()
+    cal = TradingCalendar()
     cal.session(bars[0].ts.date())
     bt = Backtester(DEFAULT_ACCOUNTS, cal, keep_features=False)
     res = bt.run(bars)
@@ -69,26 +71,28 @@ def run_topic(bars: list[Bar]) -> tuple[float, float]:
     from confluent_kafka.admin import AdminClient
 
     from connectors.replay import prepare_bars
-    from pipeline.admin import create_topics
-    from pipeline.backtest import Backtester
-    from pipeline.clients import RecordProducer, read_to_end
-    from pipeline.embedded import TansuBroker
-    from pipeline.settings import Settings
+    from opsinfra.embedded import TansuBroker
+    from opsinfra.kafka_admin import create_topics
+    from opsinfra.kafka_io import read_to_end
+    from opsinfra.settings import Settings
     from schemas.codec import HeaderCodec, decode
+    from schemas.topic_io import RecordProducer
     from schemas.topics import BARS
-    from streams.gates import DEFAULT_ACCOUNTS, ExchangeCalendar
+    from trading.backtest import Backtester
+    from trading.calendar import TradingCalendar
+    from trading.gates import DEFAULT_ACCOUNTS
 
     with tempfile.TemporaryDirectory() as tmp:
         broker = TansuBroker(Path(tmp))
         broker.start()
         try:
             settings = Settings(_env_file=None, kafka_bootstrap_servers=broker.bootstrap)  # type: ignore[call-arg]
-            create_topics(AdminClient({"bootstrap.servers": broker.bootstrap}))
+            create_topics(AdminClient({"bootstrap.servers": broker.bootstrap}), ALL_TOPICS)
             codec = HeaderCodec()
             with RecordProducer(settings, broker.bootstrap, codec) as producer:
                 for b in bars:
                     producer.send(BARS, b)
-            cal = ExchangeCalendar()
+            cal = TradingCalendar()
             cal.session(bars[0].ts.date())
             t0 = time.perf_counter()
             topic = BARS.name

@@ -23,18 +23,18 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connectors.alpaca_bars import BarsConfig, BarsConnector  # noqa: E402
-from connectors.clock import WallClock  # noqa: E402
 from connectors.credentials import CredentialSource  # noqa: E402
-from connectors.gaps import TradingCalendar  # noqa: E402
 from connectors.intake import ProducerSink  # noqa: E402
-from pipeline.admin import create_topics  # noqa: E402
-from pipeline.clients import RecordProducer, read_records  # noqa: E402
-from pipeline.kafka import admin_config  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
+from opsinfra.kafka_admin import create_topics  # noqa: E402
+from opsinfra.kafka_config import admin_config  # noqa: E402
+from opsinfra.settings import Settings  # noqa: E402
 from schemas.codec import HeaderCodec  # noqa: E402
-from schemas.topics import BARS  # noqa: E402
+from schemas.topic_io import RecordProducer, read_records  # noqa: E402
+from schemas.topics import ALL_TOPICS, BARS  # noqa: E402
 from tests.fakes import wait_until  # noqa: E402
 from tests.fakes.alpaca_market import FakeAlpacaRest, FakeAlpacaStream, bar_msg  # noqa: E402
+from trading.calendar import TradingCalendar  # noqa: E402
+from trading.clock import WallClock  # noqa: E402
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "META", "NVDA")
 KEY = ("PKBENCH", "bench-secret")
@@ -82,7 +82,7 @@ def main() -> None:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     tmp = tempfile.TemporaryDirectory()
     if not bootstrap:
-        from pipeline.embedded import TansuBroker
+        from opsinfra.embedded import TansuBroker
 
         broker = TansuBroker(Path(tmp.name))
         broker.start()
@@ -91,7 +91,7 @@ def main() -> None:
         prefix = f"bench-{uuid.uuid4().hex[:8]}."
         settings = Settings(_env_file=None, kafka_bootstrap_servers=bootstrap,  # type: ignore[call-arg]
                             pipeline_topic_prefix=prefix, pipeline_data_dir=Path(tmp.name))
-        create_topics(AdminClient(admin_config(settings, bootstrap)), prefix=prefix)
+        create_topics(AdminClient(admin_config(settings, bootstrap)), ALL_TOPICS, prefix=prefix)
         total, send_s, total_s = asyncio.run(run(settings, bootstrap, minutes))
         on_topic = len(read_records(settings, bootstrap, HeaderCodec(), BARS, quiet_s=1.0))
         print(f"bars connector: {total} bars ({len(SYMBOLS)} symbols x {minutes} minutes), "

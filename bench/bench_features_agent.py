@@ -30,19 +30,19 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
-from pipeline.admin import create_topics
-from pipeline.clients import RecordProducer
-from pipeline.embedded import TansuBroker
-from pipeline.kafka import admin_config, consumer_config
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.embedded import TansuBroker
+from opsinfra.endpoints import Endpoints
+from opsinfra.kafka_admin import create_topics
+from opsinfra.kafka_config import admin_config, consumer_config
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Bar
-from schemas.topics import BARS, FEATURES
+from schemas.topic_io import RecordProducer
+from schemas.topics import ALL_TOPICS, BARS, FEATURES
 from streams.app import create_app, run_app
-from streams.features import FeatureEngine
 from streams.features_agent import APP_ID, FeaturesConfig, FeaturesHandler, register
 from streams.features_state import PartitionState, read_partition, replay_into
+from trading.features import FeatureEngine
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 
@@ -142,7 +142,7 @@ def make_settings(broker: TansuBroker, data: Path, prefix: str) -> tuple[Setting
         pipeline_data_dir=data,
         schema_registry_url=None,
     )
-    create_topics(AdminClient(admin_config(settings, broker.bootstrap)), prefix=prefix)
+    create_topics(AdminClient(admin_config(settings, broker.bootstrap)), ALL_TOPICS, prefix=prefix)
     return settings, Endpoints(broker.bootstrap, "postgresql://unused@127.0.0.1/unused", None, False)
 
 

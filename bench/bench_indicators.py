@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams.features import FeatureEngine
-from streams.indicators import MACD, RSI, SMA, Bollinger
+from trading.features import FeatureEngine
+from trading.indicators import MACD, RSI, SMA, Bollinger
 
 
 def random_walk(n: int, seed: int = 42) -> tuple[list[float], list[int]]:
@@ -197,7 +197,7 @@ def main() -> None:
     exact = exactness(closes[:10_000])
     if exact is not None:
         print("\nlargest relative difference from TA-Lib after its warm-up, 10,000 bars\n")
-        print(table(["output", "streams.indicators", "talipp"], exact))
+        print(table(["output", "trading.indicators", "talipp"], exact))
 
 
 if __name__ == "__main__":

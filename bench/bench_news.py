@@ -17,15 +17,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.settings import DEFAULT_SYMBOLS
+from connectors.sentiment_model import TransformersClassifier
+from opsinfra.settings import DEFAULT_SYMBOLS
 from schemas.records import NewsItem
-from streams.news import (
-    Classifier,
-    LexiconClassifier,
-    TransformersClassifier,
-    infer_tickers,
-    score_batch,
-)
+from trading.news import Classifier, LexiconClassifier, infer_tickers, score_batch
 
 SUBJECTS = ["Apple", "Microsoft", "Tesla", "Alphabet", "Google", "Amazon", "Meta", "Nvidia",
             "$AAPL", "$NVDA", "Regulators", "Investors", "Chip makers", "Retailers", "Banks"]

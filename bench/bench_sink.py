@@ -25,13 +25,13 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from db import migrate
-from pipeline.admin import create_topics
-from pipeline.clients import RecordProducer
-from pipeline.kafka import admin_config
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.kafka_admin import create_topics
+from opsinfra.kafka_config import admin_config
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Features
+from schemas.topic_io import RecordProducer
 from schemas.topics import ALL_TOPICS, FEATURES
 from sinks.postgres import PostgresSink, SinkConfig
 from sinks.tables import LANE_FEATURES
@@ -44,7 +44,7 @@ def services(tmp: Path) -> Iterator[tuple[str, str]]:
     with contextlib.ExitStack() as stack:
         kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not kafka:
-            from pipeline.embedded import TansuBroker
+            from opsinfra.embedded import TansuBroker
 
             broker = TansuBroker(tmp)
             broker.start()
@@ -56,7 +56,7 @@ def services(tmp: Path) -> Iterator[tuple[str, str]]:
                 with psycopg.connect(LOCAL_PG, connect_timeout=3):
                     pg = LOCAL_PG
             except psycopg.OperationalError:
-                from pipeline.embedded import EmbeddedPostgres
+                from opsinfra.embedded import EmbeddedPostgres
 
                 server = EmbeddedPostgres(tmp)
                 server.start()

@@ -11,11 +11,12 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 
-from streams.accounts import AccountDesk
-from streams.features import FeatureEngine
-from streams.gates import DEFAULT_ACCOUNTS, ExchangeCalendar
-from streams.signals import SignalRule, StrategyConfig
-from streams.watchlist import WatchlistBuilder, WatchlistConfig
+from trading.accounts import AccountDesk
+from trading.calendar import TradingCalendar
+from trading.features import FeatureEngine
+from trading.gates import DEFAULT_ACCOUNTS
+from trading.signals import SignalRule, StrategyConfig
+from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "META", "NVDA")
 DAYS = 20
@@ -36,7 +37,7 @@ def bars() -> list[tuple[str, datetime, float, int]]:
     return out
 
 
-def run(data: list[tuple[str, datetime, float, int]], cal: ExchangeCalendar, rule: SignalRule
+def run(data: list[tuple[str, datetime, float, int]], cal: TradingCalendar, rule: SignalRule
         ) -> tuple[float, int, int, int]:
     engines = {s: FeatureEngine(s) for s in SYMBOLS}
     desks = [AccountDesk(a, cal) for a in DEFAULT_ACCOUNTS]
@@ -63,7 +64,7 @@ def run(data: list[tuple[str, datetime, float, int]], cal: ExchangeCalendar, rul
 
 def main() -> None:
     data = bars()
-    cal = ExchangeCalendar()
+    cal = TradingCalendar()
     cal.session(data[0][1].date())  # load the calendar outside the timing
 
     engines = {s: FeatureEngine(s) for s in SYMBOLS}

@@ -24,20 +24,21 @@ from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
 from connectors import alpaca_protocol as proto
 from connectors.alpaca_rest import AlpacaBarHistory, BarHistory, HistoryAuthError
-from connectors.backoff import backoff_delay, connection_limit_delay
 from connectors.bars_config import BarsConfig, ConnectorStats
-from connectors.clock import Clock, WallClock
 from connectors.credentials import Credentials, CredentialSource, CredentialsUnavailable
-from connectors.gaps import GapDetector, TradingCalendar, chunks, stalled
+from connectors.gaps import GapDetector, chunks, stalled
 from connectors.intake import ORIGIN_STREAM, STAGE, BarIntake, BarSink, ProducerSink
 from connectors.revisions import RevisionBook
-from pipeline.clients import DeliveryError
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.metrics import Metrics
-from pipeline.metrics import metrics as process_metrics
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.backoff import backoff_delay, connection_limit_delay
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import ConfigError, PipelineError
+from opsinfra.kafka_io import DeliveryError
+from opsinfra.metrics import Metrics
+from opsinfra.metrics import metrics as process_metrics
+from opsinfra.settings import Settings
 from schemas.records import Bar
+from trading.calendar import TradingCalendar
+from trading.clock import Clock, WallClock
 
 log = structlog.get_logger(__name__)
 _WS_LOG = logging.getLogger("connectors.alpaca_bars.websocket")
@@ -376,8 +377,8 @@ def build(
     """The stage's connector, wired to the broker as `run` wires it. Production passes nothing;
     a test passes a bar-time clock and the real-time knobs (poll, flush) to compress a session."""
     from connectors.topic_tail import read_tail
-    from pipeline.clients import RecordProducer
     from schemas.codec import make_codec
+    from schemas.topic_io import RecordProducer
     from schemas.topics import BARS
 
     config = BarsConfig.from_settings(settings, **timings)

@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 
 from connectors.credentials import Credentials
-from pipeline.errors import ConnectorError
+from opsinfra.errors import ConnectorError
 
 DEFAULT_STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
 CONTENT_TYPE = "application/msgpack"  # asks the server for msgpack frames (msgpack Timestamps)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from connectors.credentials import Credentials
-from pipeline.errors import ConnectorError
+from opsinfra.errors import ConnectorError
 
 with warnings.catch_warnings():
     # alpaca.data imports alpaca.trading.stream, which imports websockets.legacy: deprecated

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from connectors.alpaca_rest import BarHistory
-from connectors.gaps import GapDetector, GapReport, TradingCalendar, chunks
+from connectors.gaps import GapDetector, GapReport, chunks
 from connectors.intake import BarIntake, BarSink, IntakeStats
 from connectors.revisions import RevisionBook
 from schemas.records import Bar
+from trading.calendar import TradingCalendar
 
 
 @dataclass

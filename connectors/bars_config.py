@@ -12,8 +12,8 @@ from typing import Any
 
 from connectors.alpaca_protocol import DEFAULT_STREAM_URL
 from connectors.gaps import GapReport
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings
+from opsinfra.errors import ConfigError
+from opsinfra.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ import structlog
 from dotenv import dotenv_values
 from pydantic import SecretStr
 
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings
+from opsinfra.errors import ConfigError
+from opsinfra.settings import Settings
 
 log = structlog.get_logger(__name__)
 

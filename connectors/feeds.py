@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import feedparser
 
-from pipeline.errors import ConnectorError
+from opsinfra.errors import ConnectorError
 from schemas.records import NewsItem
 
 MAX_TITLE_CHARS = 1_000

@@ -7,77 +7,14 @@ the REST history is the judge. Minutes REST confirms empty are remembered and ne
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from connectors.clock import MINUTE, floor_minute
+from trading.calendar import TradingCalendar
+from trading.clock import MINUTE, floor_minute
 
 Minute = tuple[str, datetime]
-
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    open: datetime
-    close: datetime  # exclusive: the last bar starts one minute before
-
-
-class TradingCalendar:
-    """XNYS sessions as plain UTC datetimes, taken once from exchange_calendars.
-
-    Every XNYS session lies within one UTC day (13:30/14:30 to at most 21:00 UTC), so sessions
-    are keyed by UTC date and lookups need neither pandas nor a tz database.
-    """
-
-    def __init__(self, sessions: Mapping[date, Session]) -> None:
-        self._sessions = dict(sessions)
-        self.first = min(self._sessions) if self._sessions else None
-        self.last = max(self._sessions) if self._sessions else None
-
-    @classmethod
-    def xnys(cls) -> TradingCalendar:
-        import exchange_calendars as xcals
-
-        with warnings.catch_warnings():
-            # exchange_calendars 4.x on pandas 3 warns about Series.values inside its constructor
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                from pandas.errors import Pandas4Warning
-            except ImportError:  # pandas < 3
-                pass
-            else:
-                warnings.simplefilter("ignore", Pandas4Warning)
-            schedule = xcals.get_calendar("XNYS").schedule
-            opens = [ts.to_pydatetime().astimezone(UTC) for ts in schedule["open"]]
-            closes = [ts.to_pydatetime().astimezone(UTC) for ts in schedule["close"]]
-        return cls({o.date(): Session(o, c) for o, c in zip(opens, closes, strict=True)})
-
-    def session(self, day: date) -> Session | None:
-        return self._sessions.get(day)
-
-    def is_open(self, ts: datetime) -> bool:
-        s = self._sessions.get(ts.date())
-        return s is not None and s.open <= ts < s.close
-
-    def minutes(self, start: datetime, end: datetime) -> Iterator[datetime]:
-        """Start times of the session minutes in [start, end), in order."""
-        day = start.date()
-        while day <= end.date():
-            s = self._sessions.get(day)
-            if s is not None:
-                m = max(s.open, _ceil_minute(start))
-                stop = min(s.close, end)
-                while m < stop:
-                    yield m
-                    m += MINUTE
-            day += timedelta(days=1)
-
-
-def _ceil_minute(ts: datetime) -> datetime:
-    floored = floor_minute(ts)
-    return floored if floored == ts else floored + MINUTE
 
 
 def stalled(last_data: datetime, now: datetime, timeout: timedelta, calendar: TradingCalendar) -> bool:

@@ -15,10 +15,10 @@ from typing import Any, Protocol
 from connectors.gaps import Chunk, GapDetector, GapReport, Minute
 from connectors.revisions import Kind, RevisionBook
 from connectors.validation import BarRejected, parse_bar, parse_ts, raw_payload, validate_bar
-from pipeline.clients import RecordProducer
-from pipeline.metrics import Metrics
-from pipeline.metrics import metrics as process_metrics
+from opsinfra.metrics import Metrics
+from opsinfra.metrics import metrics as process_metrics
 from schemas.records import Bar, DeadLetter
+from schemas.topic_io import RecordProducer
 from schemas.topics import BARS
 
 STAGE = "bars"

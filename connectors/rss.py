@@ -23,13 +23,14 @@ from typing import Protocol
 import httpx
 
 from connectors.feeds import FeedError, FeedParseError, parse_document
-from pipeline.clients import RecordProducer, read_to_end
-from pipeline.errors import PipelineError
-from pipeline.metrics import metrics
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings, redact_url
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import PipelineError
+from opsinfra.kafka_io import read_to_end
+from opsinfra.metrics import metrics
+from opsinfra.settings import Settings, redact_url
 from schemas.codec import make_codec
 from schemas.records import NewsItem
+from schemas.topic_io import RecordProducer
 from schemas.topics import DAY_MS, NEWS_RAW
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pipeline.clients import read_to_end
-from pipeline.errors import ConfigError, DecodeError
-from pipeline.settings import Settings
+from opsinfra.errors import ConfigError, DecodeError
+from opsinfra.kafka_io import read_to_end
+from opsinfra.settings import Settings
 from schemas.codec import Codec, decode
 from schemas.records import Bar
 
@@ -27,8 +27,8 @@ def read_tail(
     timeout_s: float = 60.0,
 ) -> list[Bar]:
     """About the last `per_partition` bars of each partition (more when the watermark lags)."""
-    from pipeline.clients import end_offsets
-    from pipeline.clients import read_tail as read_raw_tail
+    from opsinfra.kafka_io import end_offsets
+    from opsinfra.kafka_io import read_tail as read_raw_tail
 
     if not end_offsets(settings, bootstrap, [topic]):
         raise ConfigError(f"no topic {topic!r}: run `ops-pipeline topics create`")

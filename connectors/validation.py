@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from pipeline.errors import PipelineError
+from opsinfra.errors import PipelineError
 from schemas.records import BAR_SOURCES, Bar
 
 # Alpaca's bar fields, stream and REST alike (the same table as alpaca.data.mappings.BAR_MAPPING)

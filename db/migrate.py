@@ -15,7 +15,7 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
-from pipeline.errors import PipelineError
+from opsinfra.errors import PipelineError
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x0B5_C1_EA  # pg_advisory_xact_lock key for migrations of this project

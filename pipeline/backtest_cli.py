@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.backtest import Backtester, BacktestResult, features_record
+from opsinfra.settings import Settings
 from pipeline.report import _fmt, write_html
-from pipeline.settings import Settings
 from schemas.records import Bar, NewsItem, Record, ScoredNews
+from trading.backtest import Backtester, BacktestResult, features_record
 
 console = Console()
 
@@ -69,9 +69,9 @@ def load_bars(
 
 
 def _read_topic(settings: Settings, topic: str, record_type: type[Record]) -> list[Record]:
-    from pipeline.clients import read_decoded
-    from pipeline.runtime import resolve
+    from opsinfra.endpoints import resolve
     from schemas.codec import make_codec
+    from schemas.topic_io import read_decoded
 
     endpoints = resolve(settings, need_db=False)
     codec = make_codec(endpoints.schema_registry_url)
@@ -107,7 +107,7 @@ def load_news(settings: Settings, *, news_file: Path | None, topic: str | None) 
     ]
     if raw:
         from streams.classifier import ClassifierConfig, build_classifier
-        from streams.news import score_items
+        from trading.news import score_items
 
         items = [
             NewsItem(
@@ -246,9 +246,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Run features, signals, gates, fills and positions over bars in-process (bar time as the clock)."""
-        from streams.accounts import accounts_from_settings, load_accounts
-        from streams.gates import ExchangeCalendar
-        from streams.signal_agent import strategy_from_settings
+        from trading.accounts import accounts_from_settings, load_accounts
+        from trading.calendar import TradingCalendar
+        from trading.signals import strategy_from_settings
 
         settings: Settings = ctx.obj
         if (bars is None) == (topic is None):
@@ -274,7 +274,7 @@ def register(app: typer.Typer) -> None:
             settings, bars_file=bars, topic=topic, start=lo, end=hi, symbols=wanted
         )
         scored = load_news(settings, news_file=news, topic=news_topic)
-        calendar = ExchangeCalendar()
+        calendar = TradingCalendar()
         bt = Backtester(chosen, calendar, strategy_from_settings(settings))
         bt.add_news(scored)
         if bar_list:

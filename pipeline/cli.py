@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.settings import Settings, redact_url
+from opsinfra.errors import ConfigError, PipelineError
+from opsinfra.settings import Settings, redact_url
+from schemas.topics import ALL_TOPICS
 
 app = typer.Typer(
     name="ops-pipeline",
@@ -42,7 +43,7 @@ def _main(
         Path | None, typer.Option(help="Overrides PIPELINE_DATA_DIR.", show_default=False)
     ] = None,
 ) -> None:
-    from pipeline import logs
+    from opsinfra import logs
 
     overrides: dict[str, Any] = {}
     if data_dir is not None:
@@ -57,7 +58,7 @@ def _main(
 
 
 def _endpoints(settings: Settings, **kwargs: Any) -> Any:
-    from pipeline import runtime
+    from opsinfra import endpoints as runtime
 
     try:
         return runtime.resolve(settings, **kwargs)
@@ -69,7 +70,7 @@ def _endpoints(settings: Settings, **kwargs: Any) -> Any:
 def _admin(settings: Settings, bootstrap: str) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    from pipeline.kafka import admin_config
+    from opsinfra.kafka_config import admin_config
 
     return AdminClient(admin_config(settings, bootstrap))
 
@@ -86,9 +87,9 @@ def provision(
     import psycopg
 
     from db import migrate
-    from pipeline.admin import create_topics
+    from opsinfra.kafka_admin import create_topics
 
-    created = create_topics(_admin(settings, bootstrap), prefix=settings.pipeline_topic_prefix)
+    created = create_topics(_admin(settings, bootstrap), ALL_TOPICS, prefix=settings.pipeline_topic_prefix)
     applied = migrate.apply(database_url)
     if fresh_broker:
         with psycopg.connect(database_url) as conn:
@@ -141,7 +142,7 @@ def _wait_for_signal() -> int:
 @app.command()
 def up(ctx: typer.Context) -> None:
     """Start the embedded broker and PostgreSQL (unless configured), provision them, and wait."""
-    from pipeline.embedded import EmbeddedServices
+    from opsinfra.embedded import EmbeddedServices
 
     settings = _settings(ctx)
     services = EmbeddedServices(
@@ -175,7 +176,7 @@ def up(ctx: typer.Context) -> None:
 @topics_app.command("list")
 def topics_list(ctx: typer.Context) -> None:
     """Every topic on the broker, with partitions, marking the contract ones."""
-    from pipeline.admin import list_topics
+    from opsinfra.kafka_admin import list_topics
     from schemas.topics import ALL_TOPICS
 
     settings = _settings(ctx)
@@ -198,12 +199,12 @@ def topics_list(ctx: typer.Context) -> None:
 @topics_app.command("create")
 def topics_create(ctx: typer.Context) -> None:
     """Create every contract topic (and its .dlq) that does not exist yet."""
-    from pipeline.admin import create_topics
+    from opsinfra.kafka_admin import create_topics
 
     settings = _settings(ctx)
     ep = _endpoints(settings, need_db=False)
     created = create_topics(
-        _admin(settings, ep.kafka_bootstrap_servers), prefix=settings.pipeline_topic_prefix
+        _admin(settings, ep.kafka_bootstrap_servers), ALL_TOPICS, prefix=settings.pipeline_topic_prefix
     )
     console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
 
@@ -214,7 +215,7 @@ def topics_describe(
     names: Annotated[list[str] | None, typer.Argument(help="Topics; default: the contract.")] = None,
 ) -> None:
     """Partitions and configs of topics."""
-    from pipeline.admin import describe_topics
+    from opsinfra.kafka_admin import describe_topics
     from schemas.topics import ALL_TOPICS
 
     settings = _settings(ctx)
@@ -317,7 +318,7 @@ def _run_stage(name: str, settings: Settings, endpoints: Any, stop: threading.Ev
 def _metrics_server(settings: Settings, name: str, worker: threading.Thread) -> Any:
     if settings.metrics_port is None:
         return None
-    from pipeline.metrics import MetricsServer, metrics
+    from opsinfra.metrics import MetricsServer, metrics
 
     def health() -> tuple[bool, dict[str, Any]]:
         return worker.is_alive(), {"stage": name}
@@ -438,7 +439,7 @@ def demo(ctx: typer.Context) -> None:
 
 
 # Modules that add commands to the CLI: each has `register(app: typer.Typer) -> None`.
-COMMAND_MODULES: tuple[str, ...] = ("connectors.cli", "streams.explain", "pipeline.backtest_cli")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.bars_cli", "pipeline.explain", "pipeline.backtest_cli")
 
 
 def _register_extensions() -> None:

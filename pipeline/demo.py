@@ -24,12 +24,13 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.clients import RecordProducer, read_to_end, true_end_offsets
-from pipeline.embedded import EmbeddedServices, EmbeddedState
-from pipeline.errors import PipelineError
-from pipeline.settings import Settings, redact_url
+from opsinfra.embedded import EmbeddedServices, EmbeddedState
+from opsinfra.errors import PipelineError
+from opsinfra.kafka_io import read_to_end, true_end_offsets
+from opsinfra.settings import Settings, redact_url
 from schemas.codec import make_codec
 from schemas.records import NewsItem
+from schemas.topic_io import RecordProducer
 from schemas.topics import ALL_TOPICS, NEWS_RAW, NEWS_SCORED
 
 SESSION_DIR = Path("data/sample_session")
@@ -114,7 +115,7 @@ def _committed(settings: Settings, bootstrap: str, topics: set[str]) -> dict[str
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
 
-    from pipeline.kafka import admin_config
+    from opsinfra.kafka_config import admin_config
 
     admin = AdminClient(admin_config(settings, bootstrap))
     out: dict[str, dict[tuple[str, int], int]] = {}
@@ -320,7 +321,7 @@ def run_demo(settings: Settings, console: Console) -> int:
 def _wait_scored(
     settings: Settings, bootstrap: str, ids: set[str], stages: Stages, timeout_s: float = 180
 ) -> None:
-    from pipeline.errors import DecodeError
+    from opsinfra.errors import DecodeError
     from schemas.codec import decode
 
     codec = make_codec(settings.schema_registry_url)
@@ -345,14 +346,14 @@ def _report_and_parity(
     settings: Settings, bootstrap: str, codec: Any, bars: list[Any], out: Path, console: Console
 ) -> dict[str, Any]:
     """The session's report from the live executions, and the same session backtested in-process."""
-    from pipeline.backtest import Backtester
     from pipeline.backtest_cli import print_summary, write_outputs
-    from pipeline.clients import read_records
     from schemas.records import Execution, Recommendation, ScoredNews
+    from schemas.topic_io import read_records
     from schemas.topics import EXECUTIONS, SIGNALS
-    from streams.accounts import accounts_from_settings
-    from streams.gates import ExchangeCalendar
-    from streams.signal_agent import strategy_from_settings
+    from trading.accounts import accounts_from_settings
+    from trading.backtest import Backtester
+    from trading.calendar import TradingCalendar
+    from trading.signals import strategy_from_settings
 
     def records(spec: Any) -> list[Any]:
         return [
@@ -365,7 +366,7 @@ def _report_and_parity(
     live_signals: list[Recommendation] = records(SIGNALS)
     scored: list[ScoredNews] = records(NEWS_SCORED)
 
-    calendar = ExchangeCalendar()
+    calendar = TradingCalendar()
     if bars:
         calendar.session(bars[0].ts.date())  # load it before the backtest's clock starts
     bt = Backtester(accounts_from_settings(settings), calendar, strategy_from_settings(settings))

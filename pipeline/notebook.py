@@ -11,8 +11,8 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import DecodeError
-from pipeline.settings import Settings
+from opsinfra.errors import DecodeError
+from opsinfra.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,9 +84,9 @@ def read_topic(
     in `df.attrs["undecodable"]`."""
     import pandas as pd
 
-    from pipeline.clients import read_decoded
-    from pipeline.runtime import resolve
+    from opsinfra.endpoints import resolve
     from schemas.codec import make_codec
+    from schemas.topic_io import read_decoded
     from schemas.topics import spec as topic_spec
 
     settings = settings or Settings()
@@ -148,7 +148,7 @@ def read_table(
     import psycopg
     from psycopg import sql
 
-    from pipeline.runtime import resolve
+    from opsinfra.endpoints import resolve
 
     if name not in _TABLE_TIME:
         raise KeyError(f"{name!r} is not a sink table (known: {', '.join(sorted(_TABLE_TIME))})")

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 
 
 class Stage(Protocol):

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from pipeline.clients import read_tail, true_end_offsets
-from pipeline.errors import ConfigError, DecodeError
-from pipeline.kafka import admin_config, consumer_config
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import ConfigError, DecodeError
+from opsinfra.kafka_config import admin_config, consumer_config
+from opsinfra.kafka_io import read_tail, true_end_offsets
+from opsinfra.settings import Settings
 from schemas.codec import decode, make_codec
 from schemas.records import Bar, NewsItem
 from schemas.topics import BARS, CONTRACT, NEWS_RAW
@@ -194,7 +194,7 @@ def collect(
     thresholds: Thresholds | None = None,
     calendar: Any = None,
 ) -> Report:
-    from connectors.gaps import TradingCalendar
+    from trading.calendar import TradingCalendar
 
     now = now or datetime.now(UTC)
     th = thresholds or Thresholds()
@@ -364,11 +364,11 @@ def _bar_start(raw: Mapping[str, Any]) -> datetime | None:
 
 def _accounts(settings: Settings, bootstrap: str, codec: Any, now: datetime) -> list[AccountStatus]:
     """Each account's day as the dispatch agent sees it: its desk rebuilt from the executions topic."""
-    from pipeline.clients import read_records
     from schemas.records import Execution
+    from schemas.topic_io import read_records
     from schemas.topics import EXECUTIONS
-    from streams.accounts import AccountDesk, accounts_from_settings
-    from streams.gates import ExchangeCalendar, trading_day
+    from trading.accounts import AccountDesk, accounts_from_settings
+    from trading.calendar import TradingCalendar, trading_day
 
     history = [
         r
@@ -376,7 +376,7 @@ def _accounts(settings: Settings, bootstrap: str, codec: Any, now: datetime) -> 
         if isinstance(r, Execution)
     ]
     out = []
-    calendar = ExchangeCalendar()
+    calendar = TradingCalendar()
     for config in accounts_from_settings(settings):
         desk = AccountDesk(config, calendar)
         desk.rebuild(history)

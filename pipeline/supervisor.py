@@ -13,7 +13,7 @@ import time
 
 import structlog
 
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 
 log = structlog.get_logger(__name__)
 CONFIG_ERROR = 2

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import fastavro
 
-from pipeline.errors import DecodeError, SchemaError
+from opsinfra.errors import DecodeError, SchemaError
 from schemas.records import Record
 
 R = TypeVar("R", bound=Record)

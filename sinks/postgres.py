@@ -18,17 +18,18 @@ import psycopg
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline.clients import DeliveryError, RecordProducer
-from pipeline.errors import ConfigError, DecodeError, SinkError
-from pipeline.kafka import consumer_config
-from pipeline.metrics import STATS_INTERVAL_MS, Metrics
-from pipeline.metrics import metrics as process_metrics
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import ConfigError, DecodeError, SinkError
+from opsinfra.kafka_config import consumer_config
+from opsinfra.kafka_io import DeliveryError
+from opsinfra.metrics import STATS_INTERVAL_MS, Metrics
+from opsinfra.metrics import metrics as process_metrics
+from opsinfra.settings import Settings
+from schemas.avro_fast import Decoder, decoder
 from schemas.codec import Codec, make_codec
 from schemas.records import DeadLetter
+from schemas.topic_io import RecordProducer
 from schemas.topics import CONTRACT
-from sinks.decode import Decoder, decoder
 from sinks.store import Batch, DatabaseUnavailable, Store, WriteReport, letter
 from sinks.tables import BY_TOPIC, InvalidRecord, Row, TableSpec
 

@@ -18,7 +18,7 @@ import structlog
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 
-from pipeline.errors import ConfigError, DecodeError, PipelineError, SinkError
+from opsinfra.errors import ConfigError, DecodeError, PipelineError, SinkError
 from schemas.records import DeadLetter
 from sinks.tables import SINK_TABLES, TABLES, Row, TableSpec
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import faust
 
-from pipeline.kafka import faust_broker_url, faust_credentials
-from pipeline.metrics import Metrics
-from pipeline.metrics import metrics as process_metrics
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.kafka_config import faust_broker_url, faust_credentials
+from opsinfra.metrics import Metrics
+from opsinfra.metrics import metrics as process_metrics
+from opsinfra.settings import Settings
 from schemas.codec import Codec, make_codec
 from schemas.records import DeadLetter
 from schemas.topics import DLQ_SUFFIX, SYMBOL_PARTITIONS, TopicSpec

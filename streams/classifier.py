@@ -14,21 +14,15 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import DecodeError
-from pipeline.runtime import Endpoints
-from pipeline.settings import DEFAULT_SYMBOLS, Settings
+from connectors.sentiment_model import TransformersClassifier
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import DecodeError
+from opsinfra.settings import DEFAULT_SYMBOLS, Settings
 from schemas.codec import decode
 from schemas.records import NewsItem, ScoredNews
 from schemas.topics import NEWS_RAW, NEWS_SCORED
 from streams.app import PipelineApp, create_app, event_headers, run_app
-from streams.news import (
-    Classifier,
-    FallbackClassifier,
-    LexiconClassifier,
-    TransformersClassifier,
-    score_batch,
-    score_items,
-)
+from trading.news import Classifier, FallbackClassifier, LexiconClassifier, score_batch, score_items
 
 log = logging.getLogger(__name__)
 

@@ -26,28 +26,28 @@ import threading
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
+from connectors.alpaca_trading import AlpacaOrders, OrderOutcome, TradeUpdates, outcome_of_update
 from connectors.credentials import CredentialSource
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from schemas.records import Execution, Features, Recommendation, Record
 from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
-from streams.accounts import AccountDesk, accounts_from_settings
-from streams.alpaca_orders import AlpacaOrders, OrderOutcome, TradeUpdates, outcome_of_update
 from streams.app import PipelineApp, create_app, run_app
-from streams.clock import Clock, WallClock
-from streams.execution import FAILED, SUBMITTED
-from streams.gates import DEFAULT_ACCOUNTS, AccountConfig, ExchangeCalendar, SessionCalendar
-from streams.ordering import EventTimeBuffer, SignalProgress
 from streams.signal_agent import EventIO
+from trading.accounts import AccountDesk, accounts_from_settings
+from trading.calendar import SessionCalendar, TradingCalendar
+from trading.clock import MINUTE, Clock, WallClock
+from trading.execution import FAILED, SUBMITTED
+from trading.gates import DEFAULT_ACCOUNTS, AccountConfig
+from trading.ordering import EventTimeBuffer, SignalProgress
 
 log = logging.getLogger(__name__)
 
 STAGE = "dispatch"
 APP_ID = "ops-pipeline-dispatch"
-_BAR = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class DispatchHandler:
         self.clock = clock or WallClock()  # live time; with config.clock "bar" each event's bar end
         self.config = config
         self.endpoints = endpoints
-        self.calendar = calendar or ExchangeCalendar()
+        self.calendar = calendar or TradingCalendar()
         self.io = EventIO(papp, STAGE)
         self.desks = {a.name: AccountDesk(a, self.calendar) for a in config.accounts}
         self.buffers = {a.name: EventTimeBuffer(config.order_grace_s, config.order_idle_s,
@@ -204,7 +204,7 @@ class DispatchHandler:
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
-            from pipeline.kafka import admin_config
+            from opsinfra.kafka_config import admin_config
 
             bootstrap = self.endpoints.kafka_bootstrap_servers
             self._admin = AdminClient(admin_config(self.papp.settings, bootstrap))
@@ -315,7 +315,7 @@ class DispatchHandler:
     def now_for(self, bar_ts: datetime) -> datetime:
         """When an event is decided: the clock live; in a replay, the end of the event's own bar
         (not the latest bar seen: topics are consumed at uneven paces, the decision must not be)."""
-        return self.clock.now() if self.config.clock == "wall" else bar_ts + _BAR
+        return self.clock.now() if self.config.clock == "wall" else bar_ts + MINUTE
 
     # -- decisions ------------------------------------------------------------------------------
 

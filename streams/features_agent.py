@@ -31,13 +31,12 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
-from pipeline.errors import DecodeError
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import DecodeError
+from opsinfra.settings import Settings
 from schemas.records import Features
 from schemas.topics import BARS, FEATURES
 from streams.app import PipelineApp, create_app, run_app
-from streams.features import InvalidBar, OutOfOrderBar
 from streams.features_state import (
     BatchSender,
     PartitionState,
@@ -47,6 +46,7 @@ from streams.features_state import (
     read_partition,
     replay_into,
 )
+from trading.features import InvalidBar, OutOfOrderBar
 
 log = logging.getLogger(__name__)
 

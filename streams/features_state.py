@@ -20,12 +20,12 @@ from typing import Any
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from pipeline.errors import DecodeError, PipelineError
-from pipeline.kafka import consumer_config
-from pipeline.settings import Settings
+from opsinfra.errors import DecodeError, PipelineError
+from opsinfra.kafka_config import consumer_config
+from opsinfra.settings import Settings
 from schemas.codec import Codec, SchemaSet
 from schemas.records import Bar, Record
-from streams.features import FeatureEngine, FeatureValues, InvalidBar
+from trading.features import FeatureEngine, FeatureValues, InvalidBar
 
 RawHeaders = Sequence[tuple[str, bytes | None]]
 BarInputs = tuple[str, Any, float, int, int]  # symbol, ts, close, volume, revision

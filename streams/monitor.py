@@ -16,7 +16,7 @@ from faust.sensors import Monitor
 from faust.types import TP, AppT, Message
 from mode import Service
 
-from pipeline.metrics import Metrics
+from opsinfra.metrics import Metrics
 
 APP_ID_PREFIX = "ops-pipeline-"
 

@@ -20,15 +20,15 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from schemas.records import Execution
 from schemas.topics import EXECUTIONS, POSITIONS
-from streams.accounts import accounts_from_settings
 from streams.app import PipelineApp, create_app, run_app
-from streams.gates import DEFAULT_ACCOUNTS, AccountConfig
-from streams.positions import PositionProjection
 from streams.signal_agent import EventIO, run_batches
+from trading.accounts import accounts_from_settings
+from trading.gates import DEFAULT_ACCOUNTS, AccountConfig
+from trading.positions import PositionProjection
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,9 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from pipeline.clients import read_records
-from pipeline.errors import DecodeError
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import DecodeError
+from opsinfra.settings import Settings
 from schemas.codec import decode
 from schemas.records import (
     MARKET_KEY,
@@ -31,30 +30,15 @@ from schemas.records import (
     ScoredNews,
     WatchlistEntry,
 )
+from schemas.topic_io import read_records
 from schemas.topics import FEATURES, NEWS_SCORED, SIGNALS, WATCHLIST, TopicSpec
 from streams.app import PipelineApp, create_app, event_headers, run_app
-from streams.signals import SignalRule, StrategyConfig
+from trading.signals import SignalRule, StrategyConfig, strategy_from_settings
 
 log = logging.getLogger(__name__)
 
 STAGE = "signals"
 APP_ID = "ops-pipeline-signals"
-
-
-def strategy_from_settings(settings: Any, **overrides: Any) -> StrategyConfig:
-    """StrategyConfig from the settings fields the settings owner adds (defaults otherwise)."""
-    conf: dict[str, Any] = {}
-    for name, attr in (
-        ("strategy_version", "strategy_version"),
-        ("sentiment_half_life_minutes", "sentiment_half_life_minutes"),
-        ("sentiment_window_minutes", "sentiment_window_minutes"),
-        ("require_watchlist", "signals_require_watchlist"),
-    ):
-        value = getattr(settings, attr, None)
-        if value is not None:
-            conf[name] = value
-    conf.update(overrides)
-    return StrategyConfig(**conf)
 
 
 class EventIO:

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from schemas.records import MARKET_KEY, Features, ScoredNews, WatchlistEntry
 from schemas.topics import FEATURES, NEWS_SCORED, WATCHLIST
 from streams.app import PipelineApp, create_app, run_app
 from streams.signal_agent import EventIO, run_batches
-from streams.signals import SentimentBook
-from streams.watchlist import WatchlistBuilder, WatchlistConfig
+from trading.signals import SentimentBook
+from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pipeline.clients import RecordProducer
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
+from schemas.topic_io import RecordProducer
+from schemas.topics import ALL_TOPICS
 
 REDPANDA_IMAGE = "docker.redpanda.com/redpandadata/redpanda:v24.2.18"
 POSTGRES_IMAGE = "postgres:16-alpine"
@@ -68,7 +69,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with RedpandaContainer(REDPANDA_IMAGE) as redpanda:
             yield redpanda.get_bootstrap_server()
         return
-    from pipeline.embedded import TansuBroker
+    from opsinfra.embedded import TansuBroker
 
     broker = TansuBroker(tmp_path_factory.mktemp("tansu"))
     broker.start()
@@ -93,7 +94,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _local_pg_answers():
         yield LOCAL_PG
         return
-    from pipeline.embedded import EmbeddedPostgres
+    from opsinfra.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
     server.start()
@@ -164,10 +165,10 @@ def provisioned(settings: Settings, kafka_bootstrap: str, database_url: str) -> 
     from confluent_kafka.admin import AdminClient
 
     from db import migrate
-    from pipeline.admin import create_topics
-    from pipeline.kafka import admin_config
+    from opsinfra.kafka_admin import create_topics
+    from opsinfra.kafka_config import admin_config
 
-    create_topics(AdminClient(admin_config(settings, kafka_bootstrap)), prefix=settings.pipeline_topic_prefix)
+    create_topics(AdminClient(admin_config(settings, kafka_bootstrap)), ALL_TOPICS, prefix=settings.pipeline_topic_prefix)
     migrate.apply(database_url)
     return settings
 

@@ -13,7 +13,7 @@ import pytest
 import structlog
 from typer.testing import CliRunner, Result
 
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.records import Bar, DeadLetter
 
 Cli = Callable[..., Result]

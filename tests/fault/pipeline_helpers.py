@@ -20,10 +20,10 @@ import psycopg
 from psycopg import sql
 from rich.console import Console
 
-from pipeline.clients import RecordProducer, read_records
+from opsinfra.settings import Settings
 from pipeline.demo import STAGES, Stages, _news_items, _wait_scored, wait_drained
-from pipeline.settings import Settings
 from schemas.codec import make_codec
+from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import EXECUTIONS, NEWS_RAW
 from sinks.tables import LANE_FEATURES, LANE_TELEMETRY
 

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.clients import RecordProducer
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.records import Execution, Recommendation
+from schemas.topic_io import RecordProducer
 from schemas.topics import EXECUTIONS, SIGNALS
 from streams import dispatch_agent
-from streams.execution import client_order_id
-from streams.gates import AccountConfig
-from streams.signals import recommendation_id
 from tests.fakes.alpaca_trading import FakeAlpacaTrading, FakeOrder
 from tests.integration.test_trading_helpers import OPEN, dispatch_stage, read, run_until
+from trading.execution import client_order_id
+from trading.gates import AccountConfig
+from trading.signals import recommendation_id
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -34,10 +34,10 @@ PAPER = AccountConfig(name="paper", mode="alpaca-paper", min_confidence=0.5)
 
 RUNNER = """
 import json, logging, signal, sys, threading
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from streams import dispatch_agent
-from streams.accounts import parse_accounts
+from trading.accounts import parse_accounts
 
 args = json.loads(sys.argv[1])
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

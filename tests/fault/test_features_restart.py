@@ -21,11 +21,12 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.clients import Consumed, RecordProducer
-from pipeline.kafka import consumer_config
-from pipeline.settings import Settings
+from opsinfra.kafka_config import consumer_config
+from opsinfra.kafka_io import Consumed
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Bar, Features
+from schemas.topic_io import RecordProducer
 from schemas.topics import BARS, FEATURES
 from streams.features_agent import APP_ID
 from tests.integration.test_features_agent import (

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from opsinfra.errors import PipelineError
+from opsinfra.settings import Settings
 from pipeline.demo import _committed, _sink_offsets
-from pipeline.errors import PipelineError
-from pipeline.settings import Settings
 from schemas.topics import ALL_TOPICS
 from tests.conftest import make_settings, with_search_path
 from tests.fault.pipeline_helpers import (
@@ -77,7 +77,7 @@ def assert_same_as_reference(reference: RunResult, result: RunResult) -> None:
 def backlogs(settings: Settings, bootstrap: str, database_url: str) -> dict[str, int]:
     """Per stage, the records it has not committed yet (-1: its group has committed nothing yet
     although its input has records)."""
-    from pipeline.clients import true_end_offsets
+    from opsinfra.kafka_io import true_end_offsets
 
     names = [settings.topic(t.name) for t in ALL_TOPICS]
     ends = true_end_offsets(settings, bootstrap, names)
@@ -228,7 +228,7 @@ def test_kill_9_of_the_classifier_while_it_scores_changes_nothing(
 
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[object]:
-    from pipeline.embedded import TansuBroker
+    from opsinfra.embedded import TansuBroker
 
     (tmp_path / "tansu").mkdir()
     broker = TansuBroker(tmp_path / "tansu")
@@ -243,7 +243,7 @@ def private_broker(tmp_path: Path) -> Iterator[object]:
 def test_broker_frozen_for_30s_mid_stream_changes_nothing(
     reference: RunResult, private_broker: object, database_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    from pipeline.embedded import TansuBroker
+    from opsinfra.embedded import TansuBroker
 
     assert isinstance(private_broker, TansuBroker) and private_broker.proc is not None
     bootstrap = private_broker.bootstrap
@@ -333,7 +333,7 @@ class CuttingProxy:
 def test_connections_cut_every_few_seconds_lose_and_double_nothing(
     reference: RunResult, database_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    from pipeline.embedded import TansuBroker, free_port
+    from opsinfra.embedded import TansuBroker, free_port
 
     proxy_port = free_port()
     (tmp_path / "tansu").mkdir()

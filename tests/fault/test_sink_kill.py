@@ -15,9 +15,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline.clients import RecordProducer
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
+from schemas.topic_io import RecordProducer
 from tests.integration.test_sink import (
     Sent,
     assert_tables_match,

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from tests.integration.test_sink import (
     Sent,
     assert_tables_match,

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.clients import RecordProducer, read_records
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Bar
+from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import BARS
 from tests.fakes import Cli, cli  # noqa: F401 - the fixture
 from tests.fakes.alpaca_market import FakeAlpacaRest

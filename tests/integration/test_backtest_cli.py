@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from connectors.replay import load_bar_file, prepare_rows
-from pipeline.clients import RecordProducer
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Execution, Features, Recommendation
+from schemas.topic_io import RecordProducer
 from schemas.topics import BARS
 
 pytestmark = pytest.mark.integration

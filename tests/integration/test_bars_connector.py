@@ -23,16 +23,16 @@ from structlog.testing import capture_logs
 
 from connectors.alpaca_bars import BarsConfig, BarsConnector
 from connectors.credentials import CredentialSource
-from connectors.gaps import TradingCalendar
 from connectors.intake import ProducerSink
 from connectors.topic_tail import read_tail
-from pipeline.clients import RecordProducer, read_records
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Bar, DeadLetter
+from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import BARS
 from tests.fakes import ManualClock, fresh_structlog, wait_until  # noqa: F401 - a fixture
 from tests.fakes.alpaca_market import FakeAlpacaRest, FakeAlpacaStream, bar_msg
+from trading.calendar import TradingCalendar
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_structlog")]
 

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import ConfigError
+from opsinfra.settings import Settings
 from pipeline import stages
-from pipeline.clients import read_records
-from pipeline.errors import ConfigError
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
 from schemas.codec import HeaderCodec
+from schemas.topic_io import read_records
 from schemas.topics import BARS
 from tests.fakes import fresh_structlog, wait_until  # noqa: F401 - a fixture
 from tests.fakes.alpaca_market import FakeAlpacaRest, FakeAlpacaStream, bar_msg

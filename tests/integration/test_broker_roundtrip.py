@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from pipeline.admin import create_topics, describe_topics, list_topics
-from pipeline.clients import RecordProducer, read_records
-from pipeline.errors import DecodeError
-from pipeline.kafka import admin_config
-from pipeline.settings import Settings
+from opsinfra.errors import DecodeError
+from opsinfra.kafka_admin import create_topics, describe_topics, list_topics
+from opsinfra.kafka_config import admin_config
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec, RegistryCodec
+from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import ALL_TOPICS, BARS, CONTRACT, SYMBOL_PARTITIONS
 from tests.samples import sample_records
 
@@ -23,9 +23,9 @@ TS = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 def test_contract_topics_are_created_once_with_their_config(settings: Settings, kafka_bootstrap: str) -> None:
     admin = AdminClient(admin_config(settings, kafka_bootstrap))
     prefix = settings.pipeline_topic_prefix
-    created = create_topics(admin, prefix=prefix)
+    created = create_topics(admin, ALL_TOPICS, prefix=prefix)
     assert sorted(created) == sorted(prefix + t.name for t in ALL_TOPICS)
-    assert create_topics(admin, prefix=prefix) == []  # idempotent
+    assert create_topics(admin, ALL_TOPICS, prefix=prefix) == []  # idempotent
     found = list_topics(admin)
     for spec in ALL_TOPICS:
         assert found[prefix + spec.name] == spec.partitions

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.clients import RecordProducer, read_records
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from pipeline.stages import load as load_stage
 from schemas.codec import HeaderCodec
 from schemas.records import MARKET_KEY, DeadLetter, NewsItem, ScoredNews
+from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import NEWS_RAW, NEWS_SCORED
 from streams import classifier as agent
 from streams.app import create_app, run_app
-from streams.news import Sentiment, infer_tickers
 from tests.unit.test_sentiment import build_tiny_model
+from trading.news import Sentiment, infer_tickers
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ def test_without_a_model_the_lexicon_scores_and_says_so(
     expected = sum(max(1, len(infer_tickers(f"{i.title}\n{i.summary}", universe))) for i in news)
     settings = provisioned.model_copy(update={"sentiment_model": str(tmp_path / "no-local-copy")})
     endpoints = Endpoints(kafka_bootstrap, "", None, embedded=False)
-    with caplog.at_level(logging.WARNING, logger="streams.news"):
+    with caplog.at_level(logging.WARNING, logger="trading.news"):
         # the registered stage itself, as `ops-pipeline run --only classifier` calls it
         stage = load_stage("classifier")
         got = run_stage_until(
@@ -198,7 +198,7 @@ def test_without_a_model_the_lexicon_scores_and_says_so(
     by_id = {r.id: r.label for r in records}
     assert by_id["item-000"] == "positive"  # "surge", "record profit"
     assert by_id["item-001"] == "negative"  # "recall", "crash", "falls"
-    warnings = [r for r in caplog.records if r.name == "streams.news"]
+    warnings = [r for r in caplog.records if r.name == "trading.news"]
     assert len(warnings) == 1 and "no-local-copy" in warnings[0].getMessage()
 
 

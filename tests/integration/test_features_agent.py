@@ -16,14 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.clients import Consumed, RecordProducer, read_records
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.kafka_io import Consumed
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec, RegistryCodec
 from schemas.records import Bar, DeadLetter, Features
+from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import BARS, FEATURES
 from streams.app import PipelineApp, create_app, run_app
-from streams.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
 from streams.features_agent import (
     APP_ID,
     WORKER_HEADER,
@@ -35,6 +35,7 @@ from streams.features_agent import (
 )
 from streams.features_state import RecordWriter
 from tests.samples import poll_until
+from trading.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
 
 T0 = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
 Key = tuple[str, datetime, int]

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from opsinfra.settings import Settings
 from pipeline import read_table, read_topic
-from pipeline.clients import RecordProducer
-from pipeline.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Bar
+from schemas.topic_io import RecordProducer
 from schemas.topics import BARS
 
 pytestmark = pytest.mark.integration

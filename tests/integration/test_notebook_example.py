@@ -10,12 +10,12 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from pipeline.clients import RecordProducer
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Bar, Features
+from schemas.topic_io import RecordProducer
 from schemas.topics import BARS, FEATURES
-from streams.features import FeatureEngine
+from trading.features import FeatureEngine
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

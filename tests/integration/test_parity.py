@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 
 pytestmark = pytest.mark.integration
 

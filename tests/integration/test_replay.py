@@ -10,13 +10,13 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from pipeline.admin import create_topics
-from pipeline.clients import RecordProducer, read_records
-from pipeline.kafka import admin_config
-from pipeline.settings import Settings
+from opsinfra.kafka_admin import create_topics
+from opsinfra.kafka_config import admin_config
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Bar, DeadLetter
-from schemas.topics import BARS
+from schemas.topic_io import RecordProducer, read_records
+from schemas.topics import ALL_TOPICS, BARS
 from tests.fakes import Cli, cli  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ def per_symbol(bars: list[Bar]) -> dict[str, list[tuple[int, int, float]]]:
 @pytest.fixture
 def other_prefix(provisioned: Settings, kafka_bootstrap: str) -> Iterator[str]:
     prefix = "replay-" + provisioned.pipeline_topic_prefix
-    create_topics(AdminClient(admin_config(provisioned, kafka_bootstrap)), prefix=prefix)
+    create_topics(AdminClient(admin_config(provisioned, kafka_bootstrap)), ALL_TOPICS, prefix=prefix)
     yield prefix
 
 

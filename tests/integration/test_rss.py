@@ -26,11 +26,11 @@ from connectors.rss import (
     producer_publisher,
 )
 from connectors.rss import run as run_rss
-from pipeline.clients import RecordProducer, read_records
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import NewsItem
+from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import NEWS_RAW
 from tests.fakes.rss_server import FeedServer, Route
 

@@ -20,9 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipeline.clients import RecordProducer
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import (
     Bar,
@@ -36,6 +35,7 @@ from schemas.records import (
     ScoredNews,
     WatchlistEntry,
 )
+from schemas.topic_io import RecordProducer
 from schemas.topics import (
     BARS,
     CONTRACT,

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.avro_fast import compile_reader
 from schemas.codec import HeaderCodec
 from schemas.topics import CONTRACT
-from sinks.avro import compile_reader
 from tests.samples import sample_records
 
 CODEC = HeaderCodec()

@@ -18,11 +18,11 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from db import migrate
-from pipeline.clients import RecordProducer, read_records
-from pipeline.errors import ConfigError
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.errors import ConfigError
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
+from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import EXECUTIONS, FEATURES, NEWS_SCORED
 from sinks.postgres import PostgresSink
 from tests.integration.test_sink import (

@@ -21,11 +21,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.alpaca_bars import BarsConnector
-from pipeline.clients import RecordProducer
-from pipeline.metrics import Metrics, metrics
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.metrics import Metrics, metrics
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
+from schemas.topic_io import RecordProducer
 from schemas.topics import BARS, FEATURES
 from sinks.postgres import PostgresSink, SinkConfig
 from tests.fakes import ManualClock, fresh_structlog, wait_until  # noqa: F401 - a fixture

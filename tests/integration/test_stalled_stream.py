@@ -30,16 +30,16 @@ from pydantic import SecretStr
 
 from connectors.alpaca_bars import BarsConnector, build, serve
 from connectors.bars_config import BarsConfig
-from connectors.gaps import TradingCalendar
-from pipeline.clients import read_records
-from pipeline.runtime import Endpoints, resolve
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints, resolve
+from opsinfra.settings import Settings
 from pipeline.status import Report, Thresholds, collect
 from schemas.codec import HeaderCodec
 from schemas.records import Bar
+from schemas.topic_io import read_records
 from schemas.topics import BARS
 from tests.fakes import SteppedClock, fresh_structlog, wait_until  # noqa: F401 - a fixture
 from tests.fakes.alpaca_market import FakeAlpacaRest, FakeAlpacaStream, bar_msg
+from trading.calendar import TradingCalendar
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("fresh_structlog")]
 

@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.clients import RecordProducer
-from pipeline.kafka import consumer_config
-from pipeline.runtime import resolve
-from pipeline.settings import Settings
+from opsinfra.endpoints import resolve
+from opsinfra.kafka_config import consumer_config
+from opsinfra.settings import Settings
 from pipeline.status import Thresholds, collect
 from schemas.codec import HeaderCodec
 from schemas.records import Bar
+from schemas.topic_io import RecordProducer
 from schemas.topics import BARS
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from connectors.alpaca_trading import AlpacaOrders, TradeUpdates, outcome_of_update
 from connectors.credentials import CredentialSource
 from schemas.records import Execution
-from streams.alpaca_orders import AlpacaOrders, TradeUpdates, outcome_of_update
-from streams.execution import client_order_id
 from tests.fakes.alpaca_trading import FakeAlpacaTrading
+from trading.execution import client_order_id
 
 pytestmark = pytest.mark.integration
 

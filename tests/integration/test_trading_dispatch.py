@@ -9,13 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.clients import RecordProducer
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.records import Execution, Recommendation
+from schemas.topic_io import RecordProducer
 from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
 from streams import dispatch_agent
-from streams.gates import GATE_ORDER, LARGE_100K, TINY_1K
-from streams.signals import SignalRule, recommendation_id
 from tests.integration.test_trading_helpers import (
     OPEN,
     caught_up,
@@ -24,6 +22,8 @@ from tests.integration.test_trading_helpers import (
     run_until,
     session_features,
 )
+from trading.gates import GATE_ORDER, LARGE_100K, TINY_1K
+from trading.signals import SignalRule, recommendation_id
 
 pytestmark = pytest.mark.integration
 

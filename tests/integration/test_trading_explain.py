@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from db import migrate
 from pipeline.cli import app
 from schemas.records import GateResult
-from streams.gates import GATE_ORDER
-from streams.signals import recommendation_id
+from trading.gates import GATE_ORDER
+from trading.signals import recommendation_id
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.clients import read_records
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Features, Record
+from schemas.topic_io import read_records
 from schemas.topics import TopicSpec
-from streams.features import FeatureEngine
+from trading.features import FeatureEngine
 
 # Tuesday 2024-03-12, 09:30 New York
 OPEN = datetime(2024, 3, 12, 13, 30, tzinfo=UTC)
@@ -77,7 +77,7 @@ def run_until(stage: Callable[[threading.Event], None], done: Callable[[], bool]
 
 def ends(settings: Settings, bootstrap: str, spec: TopicSpec) -> dict[int, int]:
     """The next offset of each non-empty partition of a topic (read, not the reported watermark)."""
-    from pipeline.clients import read_to_end
+    from opsinfra.kafka_io import read_to_end
 
     out: dict[int, int] = {}
     for m in read_to_end(settings, bootstrap, settings.topic(spec.name), quiet_s=0.5):
@@ -90,7 +90,7 @@ def committed(settings: Settings, bootstrap: str, group: str, spec: TopicSpec) -
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    from pipeline.kafka import admin_config
+    from opsinfra.kafka_config import admin_config
 
     admin = AdminClient(admin_config(settings, bootstrap))
     topic = settings.topic(spec.name)
@@ -116,7 +116,7 @@ def caught_up(settings: Settings, bootstrap: str, group: str, *specs: TopicSpec)
 
 def dispatch_stage(settings: Settings, bootstrap: str, config: Any) -> Callable[[threading.Event], None]:
     """The dispatch stage with `config` (a DispatchConfig), for `run_until`; commits every 0.5 s."""
-    from pipeline.runtime import Endpoints
+    from opsinfra.endpoints import Endpoints
     from streams import dispatch_agent
     from streams.app import PipelineApp, create_app, run_app
 

@@ -7,15 +7,15 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.clients import RecordProducer
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from schemas.records import DeadLetter, Recommendation, ScoredNews
+from schemas.topic_io import RecordProducer
 from schemas.topics import FEATURES, NEWS_SCORED, SIGNALS
 from streams import signal_agent
 from streams.app import PipelineApp, create_app, run_app
-from streams.signals import SignalRule
 from tests.integration.test_trading_helpers import OPEN, caught_up, read, run_until, session_features
+from trading.signals import SignalRule
 
 pytestmark = pytest.mark.integration
 

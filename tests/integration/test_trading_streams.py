@@ -8,19 +8,20 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.clients import RecordProducer
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
 from schemas.records import Execution, Position, Recommendation, WatchlistEntry
+from schemas.topic_io import RecordProducer
 from schemas.topics import EXECUTIONS, FEATURES, POSITIONS, WATCHLIST
 from streams import position_agent, watchlist_agent
-from streams.accounts import AccountDesk
 from streams.app import create_app, run_app
-from streams.gates import LARGE_100K, ExchangeCalendar
-from streams.positions import PositionProjection
-from streams.signals import SignalRule
-from streams.watchlist import WatchlistBuilder, WatchlistConfig
 from tests.integration.test_trading_helpers import caught_up, read, run_until, session_features
+from trading.accounts import AccountDesk
+from trading.calendar import TradingCalendar
+from trading.gates import LARGE_100K
+from trading.positions import PositionProjection
+from trading.signals import SignalRule
+from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +80,7 @@ def test_position_agent_projects_executions_in_any_partition_order(
 ) -> None:
     feats = session_features(SYMBOLS, 240)
     rule = SignalRule()
-    desk = AccountDesk(replace(LARGE_100K, min_confidence=0.2), ExchangeCalendar())
+    desk = AccountDesk(replace(LARGE_100K, min_confidence=0.2), TradingCalendar())
     history: list[Execution] = []
     for f in feats:
         now = f.ts + timedelta(minutes=1)

@@ -16,8 +16,8 @@ import talib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.features import FeatureEngine, FeatureValues, OutOfOrderBar
-from streams.indicators import MACD, RSI, SMA, Bollinger
+from trading.features import FeatureEngine, FeatureValues, OutOfOrderBar
+from trading.indicators import MACD, RSI, SMA, Bollinger
 
 REL = 1e-9
 T0 = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)

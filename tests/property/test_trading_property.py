@@ -13,13 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.records import Execution, Features, Recommendation
-from streams.accounts import AccountDesk, with_status
-from streams.gates import LARGE_100K, TINY_1K, AccountState, ExchangeCalendar, Mode
-from streams.positions import ExitRules
-from streams.signals import SignalRule, recommendation_id
-from streams.watchlist import WatchlistBuilder, WatchlistConfig
+from trading.accounts import AccountDesk, with_status
+from trading.calendar import TradingCalendar
+from trading.gates import LARGE_100K, TINY_1K, AccountState, Mode
+from trading.positions import ExitRules
+from trading.signals import SignalRule, recommendation_id
+from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
-CAL = ExchangeCalendar()
+CAL = TradingCalendar()
 T0 = datetime(2024, 3, 12, 13, 30, tzinfo=UTC)  # the open, 09:30 New York
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "NVDA")
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -135,7 +136,7 @@ prices = st.lists(st.floats(95.0, 105.0), min_size=60, max_size=140)
 
 
 def _features(closes: list[float], seed: int) -> list[Features]:
-    from streams.features import FeatureEngine
+    from trading.features import FeatureEngine
 
     rnd = random.Random(seed)
     engine = FeatureEngine("AAPL")
@@ -204,7 +205,7 @@ def test_watchlist_does_not_depend_on_interleaving(seed: int, lag: int, minutes:
 def test_positions_projection_does_not_depend_on_partition_order(
     evs: list[tuple[Any, ...]], mode: str, fills: list[bool], seed: int
 ) -> None:
-    from streams.positions import PositionProjection
+    from trading.positions import PositionProjection
 
     desk = _desk(mode)
     history = run(desk, evs, fills if mode != "simulate" else None)

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from connectors.backoff import backoff_delay, connection_limit_delay
+from opsinfra.backoff import backoff_delay, connection_limit_delay
 
 
 @pytest.mark.parametrize("draw", [0.0, 0.25, 0.5, 0.999999, 1.0])

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from connectors.credentials import CredentialSource, CredentialsUnavailable
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 
 
 def write(path: Path, key: str, secret: str) -> None:

@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 import msgpack
 import pytest
 
-from connectors.gaps import GapDetector, TradingCalendar, chunks
+from connectors.gaps import GapDetector, chunks
 from connectors.intake import BarIntake
 from schemas.records import Bar
 from tests.fakes import ListSink
 from tests.fakes.alpaca_market import bar_msg, rest_bar
+from trading.calendar import TradingCalendar
 
 T = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
 M = timedelta(minutes=1)

@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from pipeline.errors import DecodeError, SchemaError
+from opsinfra.errors import DecodeError, SchemaError
 from schemas.codec import HeaderCodec, RegistryCodec, SchemaSet, decode
 from schemas.records import Bar, DeadLetter, Features, Record
 from schemas.topics import ALL_TOPICS, CONTRACT

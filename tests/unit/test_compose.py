@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from pipeline.settings import Settings
+from opsinfra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,18 +10,13 @@ from typing import Any
 import pytest
 
 from schemas.records import Execution, Recommendation
-from streams.accounts import AccountDesk, load_accounts, parse_accounts, with_status
-from streams.execution import (
-    client_order_id,
-    entry_qty,
-    exit_id,
-    exit_reason_of,
-    simulated_price,
-)
-from streams.gates import DEFAULT_ACCOUNTS, LARGE_100K, TINY_1K, AccountConfig, ExchangeCalendar
-from streams.signals import recommendation_id
+from trading.accounts import AccountDesk, load_accounts, parse_accounts, with_status
+from trading.calendar import TradingCalendar
+from trading.execution import client_order_id, entry_qty, exit_id, exit_reason_of, simulated_price
+from trading.gates import DEFAULT_ACCOUNTS, LARGE_100K, TINY_1K, AccountConfig
+from trading.signals import recommendation_id
 
-CAL = ExchangeCalendar()
+CAL = TradingCalendar()
 T0 = datetime(2024, 3, 12, 14, 0, tzinfo=UTC)  # 10:00 New York
 
 
@@ -301,7 +296,7 @@ def test_new_record_is_an_ordinary_frozen_record() -> None:
     import dataclasses
 
     from schemas.records import Recommendation as Rec
-    from streams.execution import build_execution, new_record
+    from trading.execution import build_execution, new_record
 
     r = rec()
     again = new_record(Rec, *(getattr(r, f) for f in Rec.field_names()))
@@ -320,7 +315,7 @@ def test_new_record_is_an_ordinary_frozen_record() -> None:
 
 
 def test_uuid5_str_matches_the_standard_library() -> None:
-    from streams.execution import uuid5_str
+    from trading.execution import uuid5_str
 
     ns = uuid.UUID("5b0c1f4e-7d0a-5b8e-9a53-2f1d8c6e0a71")
     for name in ("", "v1|AAPL|2024-03-12T14:00:00+00:00|BUY", "é|ü", "x" * 300):

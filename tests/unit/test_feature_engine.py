@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import talib
 
-from streams.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
-from streams.indicators import MACD, RSI, SMA, Bollinger
+from trading.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
+from trading.indicators import MACD, RSI, SMA, Bollinger
 
 REL = 1e-9
 T0 = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)

@@ -217,7 +217,7 @@ def test_rss_config_from_settings_picks_up_optional_fields() -> None:
     from types import SimpleNamespace
 
     from connectors.rss import RssConfig
-    from pipeline.settings import Settings
+    from opsinfra.settings import Settings
 
     base = Settings(_env_file=None, rss_feeds=("https://a.example.com/f.xml",),  # type: ignore[call-arg]
                     rss_poll_seconds=30)

@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from connectors.gaps import Chunk, GapDetector, TradingCalendar, chunks, stalled
+from connectors.gaps import Chunk, GapDetector, chunks, stalled
+from trading.calendar import TradingCalendar
 
 M = timedelta(minutes=1)
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from streams.gates import (
+from trading.calendar import TradingCalendar
+from trading.gates import (
     DEFAULT_ACCOUNTS,
     GATE_ORDER,
     LARGE_100K,
     TINY_1K,
     AccountConfig,
     AccountState,
-    ExchangeCalendar,
     OrderPlan,
     entry_window,
     evaluate_gates,
@@ -24,7 +24,7 @@ from streams.gates import (
     first_failure,
 )
 
-CAL = ExchangeCalendar()
+CAL = TradingCalendar()
 # Tuesday 2024-03-12, 10:00 New York (EDT, UTC-4)
 NOW = datetime(2024, 3, 12, 14, 0, tzinfo=UTC)
 BAR = NOW - timedelta(seconds=60)

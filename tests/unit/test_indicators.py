@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import talib
 
-from streams.indicators import MACD, RSI, SMA, Bollinger
+from trading.indicators import MACD, RSI, SMA, Bollinger
 
 REL = 1e-9
 

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlparse
 import faust
 import pytest
 
-from pipeline import kafka
-from pipeline.settings import Settings
+from opsinfra import kafka_config as kafka
+from opsinfra.settings import Settings
 
 
 def _settings(**kw: object) -> Settings:

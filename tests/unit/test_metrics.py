@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from pipeline.metrics import Metrics, MetricsServer
+from opsinfra.metrics import Metrics, MetricsServer
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from streams.ordering import EventTimeBuffer, SignalProgress, canonical_key
+from trading.ordering import EventTimeBuffer, SignalProgress, canonical_key
 
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 

@@ -6,14 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.positions import (
-    EXITING,
-    OPEN,
-    PENDING,
-    ExitRules,
-    PositionBook,
-    position_record,
-)
+from trading.positions import EXITING, OPEN, PENDING, ExitRules, PositionBook, position_record
 
 T0 = datetime(2024, 3, 12, 14, 0, tzinfo=UTC)
 RULES = ExitRules(stop_loss_pct=0.02, take_profit_pct=0.04, trailing_stop_pct=0.015,
@@ -167,8 +160,8 @@ from dataclasses import replace as _replace  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
 from schemas.records import Execution  # noqa: E402
-from streams.execution import exit_gate  # noqa: E402
-from streams.positions import PositionProjection  # noqa: E402
+from trading.execution import exit_gate  # noqa: E402
+from trading.positions import PositionProjection  # noqa: E402
 
 
 def _exec(rid: str, action: str, intent: str, status: str, minute: int, price: float | None,

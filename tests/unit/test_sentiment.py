@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from connectors.sentiment_model import TransformersClassifier
 from schemas.records import MARKET_KEY, NewsItem
-from streams.news import (
+from trading.news import (
     FallbackClassifier,
     LexiconClassifier,
     ModelUnavailable,
     Sentiment,
-    TransformersClassifier,
     news_text,
     normalize_label,
     score_batch,
@@ -173,7 +173,7 @@ def test_fallback_warns_once_and_scores_every_batch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clf = FallbackClassifier(TransformersClassifier(str(tmp_path / "absent")), LexiconClassifier())
-    with caplog.at_level(logging.WARNING, logger="streams.news"):
+    with caplog.at_level(logging.WARNING, logger="trading.news"):
         first = clf.classify(["Apple shares surge", "Tesla crash"])
         second = clf.classify(["Nvidia beats", "Amazon misses", "Flat day"])
     assert len(first) == 2 and len(second) == 3
@@ -200,7 +200,7 @@ def test_a_batch_the_model_fails_on_is_scored_by_the_fallback(
 
     monkeypatch.setattr(model, "_pipe", boom)
     clf = FallbackClassifier(model, LexiconClassifier())
-    with caplog.at_level(logging.ERROR, logger="streams.news"):
+    with caplog.at_level(logging.ERROR, logger="trading.news"):
         out = clf.classify(["Apple shares surge"])
     assert [s.model for s in out] == ["lexicon:vader"]
     assert not clf.using_fallback  # the model stays in use for the next batch
@@ -256,7 +256,7 @@ def test_news_text(title: str, summary: str, text: str) -> None:
 def test_classifier_config_from_settings_picks_up_optional_fields() -> None:
     from types import SimpleNamespace
 
-    from pipeline.settings import Settings
+    from opsinfra.settings import Settings
     from streams.classifier import ClassifierConfig
 
     base = Settings(_env_file=None, sentiment_model="/models/finbert",  # type: ignore[call-arg]

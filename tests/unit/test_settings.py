@@ -10,9 +10,9 @@ import pytest
 import structlog
 from pydantic import ValidationError
 
-from pipeline import logs
-from pipeline.runtime import Endpoints
-from pipeline.settings import DEFAULT_SYMBOLS, Settings, redact_url
+from opsinfra import logs
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import DEFAULT_SYMBOLS, Settings, redact_url
 
 SECRETS = {
     "APCA_API_KEY_ID": "PKTESTKEYID123456",

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from schemas.records import Features, ScoredNews, WatchlistEntry
-from streams.signals import (
+from trading.signals import (
     SentimentWindow,
     SignalRule,
     StrategyConfig,

@@ -10,9 +10,9 @@ import pytest
 from faust.types import TP, Message
 from pydantic import SecretStr
 
-from pipeline.metrics import Metrics
-from pipeline.runtime import Endpoints
-from pipeline.settings import Settings
+from opsinfra.endpoints import Endpoints
+from opsinfra.metrics import Metrics
+from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.topics import BARS
 from streams.app import create_app

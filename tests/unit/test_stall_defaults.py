@@ -15,8 +15,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from connectors.bars_config import BarsConfig
-from connectors.gaps import GapDetector, TradingCalendar, stalled
+from connectors.gaps import GapDetector, stalled
 from pipeline.status import Thresholds
+from trading.calendar import TradingCalendar
 
 CAL = TradingCalendar.xnys()
 OPEN = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)  # a Friday's open

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.settings import DEFAULT_SYMBOLS
-from streams.news import infer_tickers
+from opsinfra.settings import DEFAULT_SYMBOLS
+from trading.news import infer_tickers
 
 UNIVERSE = DEFAULT_SYMBOLS  # AAPL MSFT TSLA GOOGL AMZN META NVDA
 

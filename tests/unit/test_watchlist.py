@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streams.watchlist import WatchlistBuilder, WatchlistConfig
+from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
 T0 = datetime(2024, 3, 12, 14, 0, tzinfo=UTC)
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings
+from opsinfra.errors import ConfigError
+from opsinfra.settings import Settings
 
 # librdkafka's defaults are tuned for long-lived services; 6 s keeps group joins quick on every
 # broker we target (Redpanda's and Kafka's minimum session timeout is 6 s).

@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, Self
 
 from schemas.records import Recommendation, ScoredNews, WatchlistEntry
-from streams.execution import new_record, uuid5_str
+from trading.clock import MINUTE
+from trading.execution import new_record, uuid5_str
 
 #: Namespace of recommendation ids (fixed forever: changing it changes every id).
 RECOMMENDATION_NAMESPACE = uuid.UUID("5b0c1f4e-7d0a-5b8e-9a53-2f1d8c6e0a71")
 
 _STATE_VERSION = 1
-_BAR = timedelta(minutes=1)
 
 
 def recommendation_id(strategy_version: str, symbol: str, ts: datetime, action: str) -> str:
@@ -382,7 +382,7 @@ class SignalRule:
         last = self._last.get(symbol)
         if last is not None and last[0] == action and ts - last[1] < self._cooldown:
             return None
-        at = ts + _BAR  # the bar is complete, and news is visible, at its end
+        at = ts + MINUTE  # the bar is complete, and news is visible, at its end
         if config.require_watchlist and not self.on_watchlist_at(symbol, at):
             return None
         sentiment = self.sentiment(symbol, at)
@@ -437,3 +437,19 @@ class SignalRule:
         rule.sentiment_book.load(state["sentiment"])
         rule._listed = {s: datetime.fromisoformat(t) for s, t in state["listed"].items()}
         return rule
+
+
+def strategy_from_settings(settings: Any, **overrides: Any) -> StrategyConfig:
+    """StrategyConfig from the settings fields the settings owner adds (defaults otherwise)."""
+    conf: dict[str, Any] = {}
+    for name, attr in (
+        ("strategy_version", "strategy_version"),
+        ("sentiment_half_life_minutes", "sentiment_half_life_minutes"),
+        ("sentiment_window_minutes", "sentiment_window_minutes"),
+        ("require_watchlist", "signals_require_watchlist"),
+    ):
+        value = getattr(settings, attr, None)
+        if value is not None:
+            conf[name] = value
+    conf.update(overrides)
+    return StrategyConfig(**conf)

@@ -6,10 +6,14 @@ only ever returns what fastavro would (tests/integration/test_sink_decode.py che
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from schemas.codec import SCHEMA_HEADER, VERSION_HEADER, Codec, HeaderCodec
+from schemas.records import Record
 
 Reader = Callable[[bytes], dict[str, Any]]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # fastavro's timestamp-micros: epoch + timedelta
@@ -185,3 +189,37 @@ def compile_reader(schema: dict[str, Any]) -> Reader:
     exec(compile(source, f"<avro reader {schema.get('name')}>", "exec"), namespace)  # noqa: S102
     reader: Reader = namespace["read"]  # type: ignore[assignment]
     return reader
+
+
+Decoder = Callable[[Any], dict[str, Any]]  # a confluent-kafka Message -> the record's fields
+
+
+def decoder(codec: Codec, record: type[Record], topic: str) -> Decoder:
+    """Decodes messages of one topic; raises the codec's DecodeError for anything undecodable."""
+    decode_dict = codec.decode_dict
+
+    def through_codec(msg: Any) -> dict[str, Any]:
+        return decode_dict(
+            record, msg.value(), msg.headers(), topic=topic, partition=msg.partition(), offset=msg.offset()
+        )
+
+    if not isinstance(codec, HeaderCodec):
+        return through_codec
+    schema = codec.schemas.get(record.SCHEMA)
+    try:
+        read = compile_reader(json.loads(schema.text))
+    except Unsupported:
+        return through_codec
+    # exactly the headers HeaderCodec.encode writes for the current version of this schema
+    expected = [(SCHEMA_HEADER, schema.full_name.encode()), (VERSION_HEADER, str(schema.version).encode())]
+
+    def fast(msg: Any) -> dict[str, Any]:
+        value = msg.value()
+        if value is not None and msg.headers() == expected:
+            try:
+                return read(value)
+            except Exception:  # malformed in some way: the codec decides, and words the error
+                return through_codec(msg)
+        return through_codec(msg)
+
+    return fast

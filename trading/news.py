@@ -1,7 +1,7 @@
-"""News scoring without I/O: ticker inference, the sentiment classifiers and `score_items`.
+"""News scoring without I/O: ticker inference, the lexicon and fallback classifiers, `score_items`.
 
-The classifier agent, the bench and the tests share these; only `TransformersClassifier`
-touches the disk (lazily, once), and nothing here knows about Kafka or faust.
+The classifier agent, the backtester, the bench and the tests share these; the model itself
+(connectors.sentiment_model) sits behind the Classifier protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipeline.errors import PipelineError
+from opsinfra.errors import PipelineError
 from schemas.records import MARKET_KEY, SENTIMENT_LABELS, NewsItem, ScoredNews
 
 log = logging.getLogger(__name__)
@@ -197,78 +197,6 @@ def normalize_label(label: str) -> str | None:
     return low if low in SENTIMENT_LABELS else None
 
 
-class TransformersClassifier:
-    """A transformers text-classification pipeline, loaded on first use, once.
-
-    A failed load is remembered and raised again as ModelUnavailable without retrying, so a
-    missing model costs one attempt per process, not one per batch.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        batch_size: int = 16,
-        torch_threads: int | None = None,
-        max_length: int = 512,
-    ) -> None:
-        self.name = model
-        self.batch_size = batch_size
-        self.torch_threads = torch_threads
-        self.max_length = max_length
-        self._lock = threading.Lock()
-        self._pipe: Any = None
-        self._labels: dict[str, str] = {}
-        self._error: ModelUnavailable | None = None
-
-    def load(self) -> None:
-        with self._lock:
-            if self._pipe is not None:
-                return
-            if self._error is not None:
-                raise self._error
-            try:
-                self._pipe, self._labels = self._build()
-            except ModelUnavailable as exc:
-                self._error = exc
-                raise
-            except Exception as exc:  # transformers raises OSError, ValueError, RuntimeError...
-                self._error = ModelUnavailable(f"cannot load {self.name!r}: {exc}")
-                self._error.__cause__ = exc
-                raise self._error from exc
-
-    def _build(self) -> tuple[Any, dict[str, str]]:
-        import torch
-        from transformers import pipeline
-
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
-        pipe = pipeline("text-classification", model=self.name, device="cpu")
-        id2label = pipe.model.config.id2label or {}
-        labels = {str(v): normalize_label(str(v)) for v in id2label.values()}
-        unknown = sorted(k for k, v in labels.items() if v is None)
-        if unknown:
-            raise ModelUnavailable(f"{self.name!r} has labels {unknown} that are not sentiments")
-        limits = [self.max_length, getattr(pipe.model.config, "max_position_embeddings", None)]
-        tok_max = getattr(pipe.tokenizer, "model_max_length", None)
-        if isinstance(tok_max, int) and tok_max < 1_000_000:
-            limits.append(tok_max)
-        self.max_length = min(x for x in limits if isinstance(x, int))
-        return pipe, {k: v for k, v in labels.items() if v is not None}
-
-    def classify(self, texts: list[str]) -> list[Sentiment]:
-        if not texts:
-            return []
-        self.load()
-        out = self._pipe(
-            [t if t.strip() else "." for t in texts],
-            batch_size=self.batch_size,
-            truncation=True,
-            max_length=self.max_length,
-        )
-        return [Sentiment(self._labels[r["label"]], float(r["score"]), self.name) for r in out]
-
-
 class LexiconClassifier:
     """VADER (vaderSentiment), a lexicon and rules: no model, no network, ~thousands/s per core.
 
@@ -308,7 +236,7 @@ class FallbackClassifier:
     ever dropped for want of a score; each Sentiment names the classifier that produced it.
     """
 
-    def __init__(self, primary: TransformersClassifier, fallback: Classifier) -> None:
+    def __init__(self, primary: Classifier, fallback: Classifier) -> None:
         self.primary = primary
         self.fallback = fallback
         self.using_fallback = False
@@ -322,7 +250,7 @@ class FallbackClassifier:
                 log.warning(
                     "sentiment model %r unavailable (%s); scoring with the lexicon fallback "
                     "(records say model=%r)",
-                    self.primary.name,
+                    getattr(self.primary, "name", type(self.primary).__name__),
                     exc,
                     getattr(self.fallback, "name", type(self.fallback).__name__),
                 )
@@ -330,7 +258,7 @@ class FallbackClassifier:
                 log.exception(
                     "sentiment model %r failed on a batch of %d; that batch is scored by the "
                     "lexicon fallback",
-                    self.primary.name,
+                    getattr(self.primary, "name", type(self.primary).__name__),
                     len(texts),
                 )
         return self.fallback.classify(texts)

@@ -1,6 +1,7 @@
-"""The typed adapter around confluent-kafka: produce records, and read a topic to its end.
+"""The typed adapter around confluent-kafka: produce messages, and bounded reads of a topic.
 
-Everything outside this module sees records and TopicSpecs, never raw librdkafka calls.
+Bytes in and out: schemas.topic_io puts the contract's codec on top, so everything above sees
+records and TopicSpecs, never raw librdkafka calls.
 """
 
 from __future__ import annotations
@@ -10,16 +11,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from pipeline.errors import DecodeError, PipelineError
-from pipeline.kafka import consumer_config, producer_config
-from pipeline.settings import Settings
-from schemas.codec import Codec, decode
-from schemas.records import DeadLetter, Record
-from schemas.topics import TopicSpec
+from opsinfra.errors import PipelineError
+from opsinfra.kafka_config import consumer_config, producer_config
+from opsinfra.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +26,11 @@ class DeliveryError(PipelineError):
     """The broker did not acknowledge a produced message."""
 
 
-class RecordProducer:
-    """Produces contract records with the codec; idempotent and acks=all (see kafka.py)."""
+class BytesProducer:
+    """Produces raw messages; idempotent and acks=all (see kafka_config), delivery errors kept for
+    `flush` to raise. schemas.topic_io.RecordProducer adds the codec on top."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        bootstrap: str,
-        codec: Codec,
-        *,
-        prefix: str | None = None,
-        **overrides: Any,
-    ) -> None:
-        self.codec = codec
-        self.prefix = settings.pipeline_topic_prefix if prefix is None else prefix
+    def __init__(self, settings: Settings, bootstrap: str, **overrides: Any) -> None:
         self._errors: list[str] = []
         self._producer = Producer(producer_config(settings, bootstrap, **overrides))
 
@@ -49,20 +38,10 @@ class RecordProducer:
         if err is not None:
             self._errors.append(f"{msg.topic()}: {err}")
 
-    def send(self, spec: TopicSpec, record: Record, *, key: str | None = None) -> None:
-        topic = self.prefix + spec.name
-        value, headers = self.codec.encode(topic, record)
-        self._produce(topic, (key if key is not None else record.key()).encode(), value, headers)
-
     def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
         self._produce(topic, key, value, list(headers))
-
-    def send_dlq(self, spec: TopicSpec, letter: DeadLetter) -> None:
-        topic = self.prefix + spec.dlq.name
-        value, headers = self.codec.encode(topic, letter)
-        self._produce(topic, letter.original_key, value, headers)
 
     def _produce(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
@@ -89,7 +68,7 @@ class RecordProducer:
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> RecordProducer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -220,35 +199,6 @@ def read_to_end(
         consumer.close()
 
 
-def read_decoded(
-    settings: Settings, bootstrap: str, codec: Codec, record_type: type[Record], topic: str, **kwargs: Any
-) -> Iterator[tuple[Consumed, Record | DecodeError]]:
-    """`read_to_end` of a (physical) topic, each message decoded as `record_type`; an undecodable
-    message comes back as its DecodeError."""
-    for m in read_to_end(settings, bootstrap, topic, **kwargs):
-        try:
-            rec: Record | DecodeError = decode(
-                codec, record_type, m.value, m.headers, topic=topic, partition=m.partition, offset=m.offset
-            )
-        except DecodeError as exc:
-            rec = exc
-        yield m, rec
-
-
-def read_records(
-    settings: Settings,
-    bootstrap: str,
-    codec: Codec,
-    spec: TopicSpec,
-    *,
-    prefix: str | None = None,
-    **kwargs: Any,
-) -> list[tuple[Consumed, Record | DecodeError]]:
-    """A bounded read of one contract topic, decoded; undecodable messages come back as errors."""
-    topic = (settings.pipeline_topic_prefix if prefix is None else prefix) + spec.name
-    return list(read_decoded(settings, bootstrap, codec, spec.record, topic, **kwargs))
-
-
 def end_offsets(settings: Settings, bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     """The broker-reported end offset of every partition of `topics`, in one admin round trip.
 
@@ -257,7 +207,7 @@ def end_offsets(settings: Settings, bootstrap: str, topics: Sequence[str]) -> di
     """
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
-    from pipeline.kafka import admin_config
+    from opsinfra.kafka_config import admin_config
 
     admin = AdminClient(admin_config(settings, bootstrap))
     meta = admin.list_topics(timeout=15)

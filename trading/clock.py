@@ -1,28 +1,49 @@
-"""The injected clock: wall time live, bar time in replays and backtests.
+"""The injected clock: wall time live, bar time in replays and backtests, a manual clock in tests.
 
-Every time-dependent decision (bar age, session window, submit rate, trading day) reads a Clock,
-never `datetime.now()`, which is what lets a replay make the decisions the live run made.
+Every time-dependent decision (bar age, session window, submit rate, backoff, stall, "not in the
+future") reads a Clock, never `datetime.now()`, which is what lets a replay make the decisions the
+live run made, and a test stage a three-minute outage in milliseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-BAR_INTERVAL = timedelta(minutes=1)
+#: The bar interval: a bar's ts is its minute's start, and it is complete one MINUTE later.
+MINUTE = timedelta(minutes=1)
+
+
+def floor_minute(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)
 
 
 class Clock(Protocol):
-    def now(self) -> datetime: ...
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class WaitingClock(Clock, Protocol):
+    """A clock that can also be waited on (the connectors' reconnect and poll loops)."""
+
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class WallClock:
-    """The live clock."""
+    """The real clock."""
 
     __slots__ = ()
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def __repr__(self) -> str:
+        return "WallClock()"
 
 
 class BarClock:
@@ -34,7 +55,7 @@ class BarClock:
 
     __slots__ = ("_now", "_interval")
 
-    def __init__(self, start: datetime | None = None, interval: timedelta = BAR_INTERVAL) -> None:
+    def __init__(self, start: datetime | None = None, interval: timedelta = MINUTE) -> None:
         self._now = start
         self._interval = interval
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Self
 
 from schemas.records import Execution, Position
-from streams.execution import FAILED, FILLED, SIMULATED, SKIPPED, SUBMITTED, exit_reason_of
+from trading.execution import FAILED, FILLED, SIMULATED, SKIPPED, SUBMITTED, exit_reason_of
 
 PENDING = "PENDING"  # entry order sent, not filled yet: counts toward limits already
 OPEN = "OPEN"

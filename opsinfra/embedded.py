@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import structlog
 
-from pipeline.errors import ServiceError
+from opsinfra.errors import ServiceError
 
 log = structlog.get_logger(__name__)
 

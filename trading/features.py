@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, make_dataclass
 from datetime import datetime
 from typing import Any, Self
 
-from streams.indicators import MACD, RSI, SMA, Bollinger, State
+from trading.indicators import MACD, RSI, SMA, Bollinger, State
 
 #: volume_ratio above this is a surge (architecture contract, kept from the running system).
 SURGE_RATIO = 3.0

@@ -21,8 +21,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.settings import Settings
+from opsinfra.errors import ConfigError, PipelineError
+from opsinfra.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -51,7 +51,7 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _endpoints(settings: Settings, **kwargs: Any) -> Any:
-    from pipeline import runtime
+    from opsinfra import endpoints as runtime
 
     try:
         return runtime.resolve(settings, **kwargs)
@@ -79,12 +79,12 @@ def backfill_command(
     from connectors.alpaca_rest import AlpacaBarHistory
     from connectors.backfill import backfill
     from connectors.credentials import CredentialSource
-    from connectors.gaps import TradingCalendar
     from connectors.intake import ProducerSink
     from connectors.topic_tail import read_range
-    from pipeline.clients import RecordProducer
     from schemas.codec import make_codec
+    from schemas.topic_io import RecordProducer
     from schemas.topics import BARS
+    from trading.calendar import TradingCalendar
 
     settings = _settings(ctx)
     t0, t1 = parse_when(start), parse_when(end, end=True)
@@ -141,8 +141,8 @@ def replay_command(
     from connectors import replay as rp
     from connectors.intake import BarIntake, ProducerSink
     from connectors.topic_tail import read_range
-    from pipeline.clients import RecordProducer
     from schemas.codec import make_codec
+    from schemas.topic_io import RecordProducer
     from schemas.topics import BARS
 
     settings = _settings(ctx)

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streams.gates import NEW_YORK
+from trading.calendar import NEW_YORK
 
 _FEATURE_COLS = ("close", "sma_20", "sma_50", "rsi_14", "macd", "macd_signal", "macd_hist",
                  "volume_current", "volume_avg_20", "volume_ratio", "volume_surge", "bb_upper",
@@ -189,8 +189,8 @@ def explain_command(
     """Why a recommendation was made and what every account did with it, from the database."""
     import psycopg
 
-    from pipeline.errors import ConfigError
-    from pipeline.runtime import resolve
+    from opsinfra.endpoints import resolve
+    from opsinfra.errors import ConfigError
 
     console = Console()
     try:

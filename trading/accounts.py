@@ -18,22 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from schemas.records import Execution, Recommendation
-from streams import execution as ex
-from streams.gates import (
+from trading import execution as ex
+from trading.calendar import NEW_YORK, SessionCalendar, trading_day
+from trading.clock import MINUTE
+from trading.gates import (
     DEFAULT_ACCOUNTS,
-    NEW_YORK,
     AccountConfig,
     AccountState,
     GateEvaluator,
     OrderPlan,
-    SessionCalendar,
     entry_window,
     failure_reason,
-    trading_day,
 )
-from streams.positions import OpenPosition
+from trading.positions import OpenPosition
 
-_BAR = timedelta(minutes=1)
 _TICK = timedelta(microseconds=1)
 _NO_EXITS: tuple[Execution, ...] = ()
 _BASES = {a.name: a for a in DEFAULT_ACCOUNTS}
@@ -184,7 +182,7 @@ class AccountDesk:
         book = self.state.book
         if not book._positions:  # the common case, kept to one check
             return _NO_EXITS
-        bar_end = ts + _BAR
+        bar_end = ts + MINUTE
         day = self._day_cache
         if day is None or not day[0] <= bar_end < day[1]:
             day = self._day(bar_end)

@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 
 from connectors.credentials import CredentialSource
 from schemas.records import Execution
-from streams.execution import FAILED, FILLED, SUBMITTED
+from trading.execution import FAILED, FILLED, SUBMITTED
 
 log = logging.getLogger(__name__)
 

@@ -12,19 +12,19 @@ import gc
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from pipeline.report import Ledger
 from schemas.records import Bar, Execution, Features, Recommendation, ScoredNews, WatchlistEntry
-from streams.accounts import AccountDesk
-from streams.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
-from streams.gates import AccountConfig, SessionCalendar
-from streams.ordering import canonical_key
-from streams.signals import SignalRule, StrategyConfig
-from streams.watchlist import WatchlistBuilder, WatchlistConfig
-
-_BAR = timedelta(minutes=1)
+from trading.accounts import AccountDesk
+from trading.calendar import SessionCalendar
+from trading.clock import MINUTE
+from trading.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
+from trading.gates import AccountConfig
+from trading.ledger import Ledger
+from trading.ordering import canonical_key
+from trading.signals import SignalRule, StrategyConfig
+from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Backtester:
                     self._decide(bars_now, recs_now)
                     bars_now, recs_now = [], []
                     for led in ledgers:
-                        led.close_minute(minute + _BAR)
+                        led.close_minute(minute + MINUTE)
                     if progress is not None:
                         progress(count)
                 minute = ts
@@ -144,7 +144,7 @@ class Backtester:
         if minute is not None:
             self._decide(bars_now, recs_now)
             for led in ledgers:
-                led.close_minute(minute + _BAR)
+                led.close_minute(minute + MINUTE)
         return count
 
     def _decide(self, bars_now: list[FeatureValues], recs_now: list[Recommendation]) -> None:
@@ -159,7 +159,7 @@ class Backtester:
             if len(bars_now) > 1:
                 bars_now.sort(key=canonical_key)
             for f in bars_now:
-                now = f.ts + _BAR
+                now = f.ts + MINUTE
                 changed = False
                 for desk in holding:
                     made = desk.on_bar(f.symbol, f.ts, f.close, now)
@@ -175,7 +175,7 @@ class Backtester:
             if len(recs_now) > 1:
                 recs_now.sort(key=canonical_key)
             for rec in recs_now:
-                now = rec.ts + _BAR
+                now = rec.ts + MINUTE
                 for desk in desks:
                     decided = desk.on_recommendation(rec, now)
                     if decided is not None:

@@ -8,17 +8,15 @@ gates are recorded as skipped for exits: nothing here ever blocks an exit.
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal, NamedTuple, Protocol, Self
-from zoneinfo import ZoneInfo
+from datetime import date, datetime, timedelta
+from typing import Any, Literal, NamedTuple, Self
 
 from schemas.records import GateResult
-from streams.positions import ExitRules, PositionBook
+from trading.calendar import NEW_YORK, SessionCalendar, trading_day
+from trading.positions import ExitRules, PositionBook
 
-NEW_YORK = ZoneInfo("America/New_York")
 Mode = Literal["simulate", "alpaca-paper"]
 MODES: tuple[str, ...] = ("simulate", "alpaca-paper")
 
@@ -107,51 +105,6 @@ TINY_1K = AccountConfig(
     max_submits=5,
 )
 DEFAULT_ACCOUNTS: tuple[AccountConfig, ...] = (LARGE_100K, TINY_1K)
-
-
-class SessionCalendar(Protocol):
-    def session(self, day: date) -> tuple[datetime, datetime] | None:
-        """(open, close) of the trading day, aware UTC; None if the exchange is closed."""
-        ...
-
-
-class ExchangeCalendar:
-    """exchange_calendars' XNYS (early closes included), read once into a dict on first use."""
-
-    def __init__(self, name: str = "XNYS") -> None:
-        self.name = name
-        self._sessions: dict[date, tuple[datetime, datetime]] | None = None
-        self._range: tuple[date, date] | None = None
-
-    def _load(self) -> dict[date, tuple[datetime, datetime]]:
-        import exchange_calendars
-
-        with warnings.catch_warnings():
-            # exchange_calendars 4.x builds its tables with pandas APIs that pandas now deprecates
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            cal = exchange_calendars.get_calendar(self.name)
-            schedule = cal.schedule
-            sessions = {
-                label.date(): (o.to_pydatetime().astimezone(UTC), c.to_pydatetime().astimezone(UTC))
-                for label, o, c in zip(schedule.index, schedule["open"], schedule["close"], strict=True)
-            }
-        self._range = (cal.first_session.date(), cal.last_session.date())
-        self._sessions = sessions
-        return sessions
-
-    def session(self, day: date) -> tuple[datetime, datetime] | None:
-        sessions = self._sessions if self._sessions is not None else self._load()
-        found = sessions.get(day)
-        if found is None:
-            assert self._range is not None
-            if not self._range[0] <= day <= self._range[1]:
-                raise LookupError(f"{self.name} calendar does not cover {day.isoformat()}")
-        return found
-
-
-def trading_day(now: datetime) -> date:
-    return now.astimezone(NEW_YORK).date()
 
 
 def entry_window(

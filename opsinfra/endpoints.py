@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.embedded import EmbeddedState
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings, redact_url
+from opsinfra.embedded import EmbeddedState
+from opsinfra.errors import ConfigError
+from opsinfra.settings import Settings, redact_url
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,27 @@
-"""Topic administration: create the contract topics (idempotently), list and describe them."""
+"""Topic administration: create topics from their specs (idempotently), list and describe them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from pipeline.errors import PipelineError
-from schemas.topics import ALL_TOPICS, TopicSpec
+from opsinfra.errors import PipelineError
+
+
+class TopicLike(Protocol):
+    """What creating a topic needs of its spec (schemas.topics.TopicSpec)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def partitions(self) -> int: ...
+
+    def config(self) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -21,7 +33,7 @@ class TopicInfo:
 
 def create_topics(
     admin: AdminClient,
-    specs: tuple[TopicSpec, ...] = ALL_TOPICS,
+    specs: Sequence[TopicLike],
     *,
     prefix: str = "",
     replication_factor: int = -1,  # the broker's default (1 on Tansu, 3 on MSK)
