@@ -16,6 +16,8 @@ from rich.table import Table
 
 from opsinfra.errors import ConfigError, PipelineError
 from opsinfra.settings import Settings, redact_url
+from pipeline import backtest_cli, bars_cli, explain
+from pipeline.provision import admin_client, provision
 from schemas.topics import ALL_TOPICS
 
 app = typer.Typer(
@@ -65,36 +67,6 @@ def _endpoints(settings: Settings, **kwargs: Any) -> Any:
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-
-
-def _admin(settings: Settings, bootstrap: str) -> Any:
-    from confluent_kafka.admin import AdminClient
-
-    from opsinfra.kafka_config import admin_config
-
-    return AdminClient(admin_config(settings, bootstrap))
-
-
-def provision(
-    settings: Settings, bootstrap: str, database_url: str, *, fresh_broker: bool = False
-) -> tuple[list[str], list[str]]:
-    """Create missing contract topics and apply pending migrations; returns what was done.
-
-    With `fresh_broker` (the embedded broker just started, empty: it keeps data in memory only),
-    the sink's stored offsets are cleared: they describe topics that no longer exist, and a sink
-    trusting them would skip the new topics' first records.
-    """
-    import psycopg
-
-    from db import migrate
-    from opsinfra.kafka_admin import create_topics
-
-    created = create_topics(_admin(settings, bootstrap), ALL_TOPICS, prefix=settings.pipeline_topic_prefix)
-    applied = migrate.apply(database_url)
-    if fresh_broker:
-        with psycopg.connect(database_url) as conn:
-            conn.execute("DELETE FROM sink_offsets")
-    return created, [f"{m.version:04d}_{m.name}" for m in applied]
 
 
 def _print_services(state_bootstrap: str, database_url: str, settings: Settings, title: str) -> None:
@@ -177,11 +149,10 @@ def up(ctx: typer.Context) -> None:
 def topics_list(ctx: typer.Context) -> None:
     """Every topic on the broker, with partitions, marking the contract ones."""
     from opsinfra.kafka_admin import list_topics
-    from schemas.topics import ALL_TOPICS
 
     settings = _settings(ctx)
     ep = _endpoints(settings, need_db=False)
-    found = list_topics(_admin(settings, ep.kafka_bootstrap_servers))
+    found = list_topics(admin_client(settings, ep.kafka_bootstrap_servers))
     contract = {settings.pipeline_topic_prefix + t.name: t for t in ALL_TOPICS}
     table = Table(title=f"topics on {ep.kafka_bootstrap_servers}")
     for col in ("topic", "partitions", "record", "key"):
@@ -204,7 +175,7 @@ def topics_create(ctx: typer.Context) -> None:
     settings = _settings(ctx)
     ep = _endpoints(settings, need_db=False)
     created = create_topics(
-        _admin(settings, ep.kafka_bootstrap_servers), ALL_TOPICS, prefix=settings.pipeline_topic_prefix
+        admin_client(settings, ep.kafka_bootstrap_servers), ALL_TOPICS, prefix=settings.pipeline_topic_prefix
     )
     console.print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
 
@@ -216,13 +187,12 @@ def topics_describe(
 ) -> None:
     """Partitions and configs of topics."""
     from opsinfra.kafka_admin import describe_topics
-    from schemas.topics import ALL_TOPICS
 
     settings = _settings(ctx)
     ep = _endpoints(settings, need_db=False)
     wanted = names or [settings.pipeline_topic_prefix + t.name for t in ALL_TOPICS]
     try:
-        infos = describe_topics(_admin(settings, ep.kafka_bootstrap_servers), wanted)
+        infos = describe_topics(admin_client(settings, ep.kafka_bootstrap_servers), wanted)
     except PipelineError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -438,18 +408,8 @@ def demo(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
-# Modules that add commands to the CLI: each has `register(app: typer.Typer) -> None`.
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.bars_cli", "pipeline.explain", "pipeline.backtest_cli")
-
-
-def _register_extensions() -> None:
-    import importlib
-
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(app)
-
-
-_register_extensions()
+for _commands in (bars_cli, explain, backtest_cli):  # each adds its commands: register(app)
+    _commands.register(app)
 
 
 def main() -> None:

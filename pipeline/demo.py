@@ -243,7 +243,7 @@ def _summary(database_url: str, console: Console) -> dict[str, Any]:
 
 def run_demo(settings: Settings, console: Console) -> int:
     from connectors.replay import load_bar_file, prepare_rows
-    from pipeline.cli import provision
+    from pipeline.provision import provision
 
     started = time.monotonic()
     session = _session_dir(settings.pipeline_data_dir)

@@ -208,7 +208,7 @@ def run_session(
     and read the tables. `stage_bootstrap` is the address the stages use (e.g. a proxy)."""
     from connectors.intake import BarIntake, ProducerSink
     from connectors.replay import load_bar_file, prepare_rows, publish
-    from pipeline.cli import provision
+    from pipeline.provision import provision
 
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
