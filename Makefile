@@ -26,7 +26,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy
-	$(BIN)/ruff check pipeline schemas connectors streams sinks db tests bench
+	$(BIN)/ruff check opsinfra schemas trading connectors sinks db streams pipeline tests bench
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -1,8 +1,5 @@
-"""Alpaca's market-data websocket protocol (v2), as pure functions over frames.
-
-A frame is a msgpack (or JSON) array of messages keyed by "T": "success" (connected,
-authenticated), "error" (with a numeric code), "subscription", "b" (bar), "u" (updated bar).
-The connector branches on the error code, never on the message text.
+"""Alpaca's market-data websocket protocol (v2) as pure functions over frames, so the connector
+branches on Alpaca's numeric error codes (406 vs 402), never on message text.
 """
 
 from __future__ import annotations

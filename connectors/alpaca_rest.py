@@ -1,8 +1,5 @@
-"""Historical minute bars from Alpaca REST through alpaca-py's StockHistoricalDataClient.
-
-The client returns the raw JSON bars (`raw_data=True`) so the REST path goes through the same
-`parse_bar`/`validate_bar` as the stream and a rejected bar keeps its raw payload for the DLQ.
-The feed is always the live stream's (IEX volumes are not comparable with SIP volumes).
+"""Historical minute bars from Alpaca REST (alpaca-py), as raw JSON, so backfilled bars go through
+the stream's own parse/validate and a rejected one keeps its payload for the DLQ; always the live feed.
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
-"""Alpaca paper orders: submit once per client_order_id, resolve unknown outcomes by lookup, fills
-from the trade_updates stream.
-
-An order POST is never retried blindly. Its client_order_id is derived from (account,
-recommendation), so Alpaca refuses a second POST of the same decision with 422 (code 40010001);
-after a timeout, a connection error, a 5xx or that 422 we look the order up by client_order_id.
-An order whose outcome stays unknown is reported as SUBMITTED without a broker id and resolved by
-a later reconcile pass; only an answer from Alpaca (a rejection, a cancel, "no such order" long
-after the POST) makes it FAILED. The REST calls are blocking (alpaca-py uses requests): the
-dispatch agent runs them in a worker thread.
+"""Alpaca paper orders: one POST per client_order_id (never retried blindly; an unknown outcome is
+looked up, or left SUBMITTED for reconcile) and fills from the trade_updates stream.
 """
 
 from __future__ import annotations

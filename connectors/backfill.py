@@ -1,7 +1,5 @@
-"""On-demand backfill (`ops-pipeline backfill`): the same gap logic as the live connector, over a
-range of history. What the topic has is compared with the XNYS session minutes; REST is asked for
-the rest, and what it returns is published as source=backfill. A minute REST has no bar for had
-no trades: it is reported as such, never as a gap.
+"""`ops-pipeline backfill`: the live connector's gap logic over a range of history; a minute REST
+has no bar for had no trades and is reported as such, never as a gap.
 """
 
 from __future__ import annotations

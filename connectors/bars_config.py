@@ -1,7 +1,5 @@
-"""The bars connector's frozen configuration (built once from Settings) and its counters.
-
-Every timing is here so tests run a three-minute outage or a 90 s wait in milliseconds, with
-the same code as production: only these numbers and the injected clock differ.
+"""The bars connector's frozen configuration and counters: every timing lives here, so tests run an
+outage or a 90 s wait in milliseconds with the production code.
 """
 
 from __future__ import annotations

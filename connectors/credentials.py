@@ -1,9 +1,5 @@
-"""Alpaca keys, read from their source again after every authentication failure.
-
-The old batch jobs kept keys in memory after a rotation and failed with 401 until restarted.
-With ALPACA_CREDENTIALS_FILE (a dotenv file holding APCA_API_KEY_ID and APCA_API_SECRET_KEY) a
-rotation is: rewrite the file; the next reconnect reads it. Secrets stay in SecretStr and never
-reach a log line, a repr or an error message; logs name the source only.
+"""Alpaca keys, read again from their source (ALPACA_CREDENTIALS_FILE) after every authentication
+failure, so a key rotation needs no restart; secrets never reach a log line, repr or error.
 """
 
 from __future__ import annotations

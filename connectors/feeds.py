@@ -1,7 +1,5 @@
-"""Feed documents (RSS 2.0, RSS 1.0/RDF, Atom) to NewsItems: pure, no network, no files.
-
-feedparser gets the bytes wrapped in a stream, never a string or bytes it could take for a URL
-or a local path, and never a document that declares entities (XXE, billion laughs).
+"""Feed documents (RSS 2.0, RSS 1.0/RDF, Atom) to NewsItems: pure, from bytes only (never a URL or
+path feedparser could open), refusing documents that declare entities (XXE, billion laughs).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Which minutes of the trading session a symbol is missing, by the XNYS calendar.
-
-A gap candidate is a session minute (holidays and early closes from exchange_calendars) with no
-bar on the topic. It is only a candidate: on IEX a minute without trades has no bar at all, so
-the REST history is the judge. Minutes REST confirms empty are remembered and never re-asked.
+"""Which session minutes a symbol is missing: only candidates, since IEX has no bar for a minute
+without trades; REST is the judge, and the minutes it confirms empty are never asked again.
 """
 
 from __future__ import annotations

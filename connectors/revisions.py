@@ -1,9 +1,5 @@
-"""What the connector knows about recent minutes: the revision and values last published.
-
-Alpaca's updated bar ("u") re-sends a minute after late trades; the contract gives it the same
-(symbol, ts) and the next revision. The book also drops exact repeats, and lets a REST backfill
-fill only minutes nobody has published. It is rebuilt from the topic tail at start-up (`seed`),
-so revisions continue across restarts as far back as the tail reaches.
+"""The revision and values last published per recent minute: Alpaca's updated bars get the next
+revision, exact repeats are dropped, and a backfill fills only minutes nobody has published.
 """
 
 from __future__ import annotations

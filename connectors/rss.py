@@ -1,12 +1,5 @@
-"""The RSS/Atom connector: polls RSS_FEEDS with conditional GETs and publishes new items to news.raw.
-
-"Once" is kept by news.raw itself: on start the connector reads the ids (message keys) already
-on the topic, and publishing an item is what marks it seen. There is no second store that could
-disagree with the topic after a crash (a compacted `news.seen` would need a write of its own;
-the sink's inbound_events_raw lags the topic). The memory is as long as news.raw's retention;
-items dated before that horizon are not published at all, so a feed that keeps an old item
-cannot bring it back. Fetching is httpx under a total deadline and a byte cap on the decoded
-body (gzip bombs included); parsing is `connectors.feeds`.
+"""The RSS/Atom connector: conditional GETs of RSS_FEEDS, each new item published once to news.raw,
+whose own keys are the memory of what was published (no second store to disagree after a crash).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Translate a bar at the boundary, once: Alpaca's wire shape (stream or REST) -> a checked Bar.
-
-`parse_bar` turns a raw mapping into a Bar or raises BarRejected with a reason; `validate_bar`
-checks the values. Both are pure, so the stream, the REST backfill, replay and the tests share
-them; the connectors route a rejection to market.bars.1m.dlq with the raw payload and go on.
+"""Translate a bar at the boundary, once: Alpaca's wire shape (stream or REST) -> a checked Bar or a
+BarRejected with its reason, shared by the stream, backfill, replay and the tests.
 """
 
 from __future__ import annotations
@@ -22,10 +19,12 @@ WIRE_FIELDS = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"
 
 
 class BarRejected(PipelineError):
-    """A bar that must not reach the topic; `reason` is what the DLQ records."""
+    """A bar that must not reach the topic; `reason` is what the DLQ records, `kind` the reason
+    without the values, for counting rejections."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: str | None = None) -> None:
         self.reason = reason
+        self.kind = kind or reason
         super().__init__(reason)
 
 
@@ -35,7 +34,7 @@ def parse_ts(value: Any) -> datetime:
         return value.to_datetime()  # aware UTC
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            raise BarRejected("timestamp without a timezone")
+            raise BarRejected("timestamp without a timezone", "ts without a timezone")
         return value.astimezone(UTC)
     if isinstance(value, str):
         text = value.strip()
@@ -50,32 +49,32 @@ def parse_ts(value: Any) -> datetime:
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            raise BarRejected(f"unparseable timestamp {value!r}") from None
+            raise BarRejected(f"unparseable timestamp {value!r}", "ts unparseable") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)  # the contract: no offset means UTC
         return parsed.astimezone(UTC)
-    raise BarRejected(f"timestamp of type {type(value).__name__}")
+    raise BarRejected(f"timestamp of type {type(value).__name__}", "ts of a wrong type")
 
 
 def _number(raw: Mapping[str, Any], key: str, name: str) -> float:
     if key not in raw or raw[key] is None:
-        raise BarRejected(f"missing field {name} ({key!r})")
+        raise BarRejected(f"missing field {name} ({key!r})", f"{name} missing")
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BarRejected(f"{name} is not a number: {value!r}")
+        raise BarRejected(f"{name} is not a number: {value!r}", f"{name} not a number")
     return float(value)
 
 
 def _count(raw: Mapping[str, Any], key: str, name: str, *, required: bool) -> int | None:
     if raw.get(key) is None:
         if required:
-            raise BarRejected(f"missing field {name} ({key!r})")
+            raise BarRejected(f"missing field {name} ({key!r})", f"{name} missing")
         return None
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BarRejected(f"{name} is not a number: {value!r}")
+        raise BarRejected(f"{name} is not a number: {value!r}", f"{name} not a number")
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        raise BarRejected(f"{name} is not an integer: {value!r}")
+        raise BarRejected(f"{name} is not an integer: {value!r}", f"{name} not an integer")
     return int(value)
 
 
@@ -95,13 +94,13 @@ def parse_bar(
         raise ValueError(f"unknown bar source {source!r}")
     sym = raw.get("S", symbol)
     if not isinstance(sym, str) or not sym:
-        raise BarRejected("missing symbol ('S')")
+        raise BarRejected("missing symbol ('S')", "symbol missing")
     if "t" not in raw:
-        raise BarRejected("missing field ts ('t')")
+        raise BarRejected("missing field ts ('t')", "ts missing")
     ts = parse_ts(raw["t"])
     vwap = raw.get("vw")
     if vwap is not None and (isinstance(vwap, bool) or not isinstance(vwap, int | float)):
-        raise BarRejected(f"vwap is not a number: {vwap!r}")
+        raise BarRejected(f"vwap is not a number: {vwap!r}", "vwap not a number")
     volume = _count(raw, "v", "volume", required=True)
     assert volume is not None
     return Bar(
@@ -136,26 +135,29 @@ def validate_bar(
         prices["vwap"] = bar.vwap
     for name, value in prices.items():
         if not math.isfinite(value):
-            raise BarRejected(f"{name} is not finite: {value!r}")
+            raise BarRejected(f"{name} is not finite: {value!r}", f"{name} not finite")
     if bar.high < bar.low:
-        raise BarRejected(f"high {bar.high} < low {bar.low}")
+        raise BarRejected(f"high {bar.high} < low {bar.low}", "high < low")
     for name in ("open", "close"):
         if not bar.low <= prices[name] <= bar.high:
-            raise BarRejected(f"{name} {prices[name]} outside [low {bar.low}, high {bar.high}]")
+            raise BarRejected(f"{name} {prices[name]} outside [low {bar.low}, high {bar.high}]",
+                              f"{name} outside [low, high]")
     if bar.low < 0:
-        raise BarRejected(f"negative price: low {bar.low}")
+        raise BarRejected(f"negative price: low {bar.low}", "negative price")
     if bar.volume < 0:
-        raise BarRejected(f"negative volume {bar.volume}")
+        raise BarRejected(f"negative volume {bar.volume}", "negative volume")
     if bar.trade_count is not None and bar.trade_count < 0:
-        raise BarRejected(f"negative trade_count {bar.trade_count}")
+        raise BarRejected(f"negative trade_count {bar.trade_count}", "negative trade_count")
     if bar.ts.second or bar.ts.microsecond:
-        raise BarRejected(f"timestamp {bar.ts.isoformat()} is not on a minute boundary")
+        raise BarRejected(f"timestamp {bar.ts.isoformat()} is not on a minute boundary",
+                          "ts not on a minute boundary")
     if now is not None and bar.ts > now + max_skew:
-        raise BarRejected(f"timestamp {bar.ts.isoformat()} is in the future (now {now.isoformat()})")
+        raise BarRejected(f"timestamp {bar.ts.isoformat()} is in the future (now {now.isoformat()})",
+                          "ts in the future")
     if symbols is not None and bar.symbol not in symbols:
-        raise BarRejected(f"symbol {bar.symbol} is not subscribed")
+        raise BarRejected(f"symbol {bar.symbol} is not subscribed", "symbol not subscribed")
     if bar.revision < 0:
-        raise BarRejected(f"negative revision {bar.revision}")
+        raise BarRejected(f"negative revision {bar.revision}", "negative revision")
     return bar
 
 

@@ -1,8 +1,5 @@
-"""Applies `db/migrations/NNNN_name.sql` once each, in order, recording what was applied.
-
-Each migration runs in its own transaction together with its record in `schema_migrations`, under
-an advisory lock, so two concurrent `migrate` runs cannot apply one twice. A migration whose file
-changed after it was applied is reported, not re-run.
+"""Applies `db/migrations/NNNN_name.sql` once each, in order, each in one transaction with its
+`schema_migrations` record under an advisory lock; an edited, already applied migration is refused.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The embedded default: a Tansu broker and a PostgreSQL server as child processes.
-
-`ops-pipeline up` (and `demo`, and the test fixtures) start them under PIPELINE_DATA_DIR and write
-their addresses to `state.json` there, so every other command finds them. A lock file held for
-the lifetime of `up` makes a second `up` fail fast, and is released by the kernel if `up` dies.
+"""The embedded default: Tansu and PostgreSQL as child processes under PIPELINE_DATA_DIR, their
+addresses in `state.json` for every other command, and a lock that makes a second `up` fail fast.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Where the broker, the database and the registry are, for every command but `up`.
-
-Configured addresses win; otherwise the embedded services that `ops-pipeline up` (or `demo`)
-started from PIPELINE_DATA_DIR; otherwise a ConfigError that says what to do.
+"""Where the broker, the database and the registry are: configured addresses win, else the embedded
+services `ops-pipeline up` started, else a ConfigError that says what to do.
 """
 
 from __future__ import annotations

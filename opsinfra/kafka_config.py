@@ -1,8 +1,5 @@
-"""The one place that turns settings into Kafka client configuration.
-
-Both client families are configured here: confluent-kafka (librdkafka) for connectors, the sink
-and tools, and faust/aiokafka for the agents, for PLAINTEXT, SSL, SASL PLAIN/SCRAM and AWS MSK IAM
-(OAUTHBEARER tokens signed by aws-msk-iam-sasl-signer-python, the `msk` extra).
+"""The one place that turns settings into Kafka client configuration, for librdkafka and for
+faust/aiokafka alike: PLAINTEXT, SSL, SASL PLAIN/SCRAM and AWS MSK IAM.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""The typed adapter around confluent-kafka: produce messages, and bounded reads of a topic.
-
-Bytes in and out: schemas.topic_io puts the contract's codec on top, so everything above sees
-records and TopicSpecs, never raw librdkafka calls.
+"""The typed adapter around confluent-kafka: a producer and bounded reads that trust no high
+watermark, bytes in and out (schemas.topic_io puts the contract's codec on top).
 """
 
 from __future__ import annotations
@@ -14,9 +12,10 @@ from datetime import UTC, datetime
 from typing import Any, Self
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from opsinfra.errors import PipelineError
-from opsinfra.kafka_config import consumer_config, producer_config
+from opsinfra.kafka_config import admin_config, consumer_config, producer_config
 from opsinfra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -205,10 +204,6 @@ def end_offsets(settings: Settings, bootstrap: str, topics: Sequence[str]) -> di
     On some brokers (Tansu) this is a lower bound: see `read_to_end`; lag computed from it can be
     too small, so callers judge "drained" by what was consumed and committed.
     """
-    from confluent_kafka.admin import AdminClient, OffsetSpec
-
-    from opsinfra.kafka_config import admin_config
-
     admin = AdminClient(admin_config(settings, bootstrap))
     meta = admin.list_topics(timeout=15)
     request = {

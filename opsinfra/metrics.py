@@ -1,8 +1,5 @@
-"""Prometheus metrics and a `/healthz` endpoint for every long-running process.
-
-One `Metrics` per process, created lazily by `metrics()` (importing this module registers nothing).
-librdkafka statistics (`statistics.interval.ms`) feed the consumer-lag gauge through `stats_cb`;
-faust stages are fed by streams.monitor.StageMonitor. The README lists who feeds what.
+"""Prometheus metrics and `/healthz` for every long-running process: one lazily created `Metrics` per
+process (importing registers nothing); the README lists who feeds what.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""The shell: settings, Kafka client factory, embedded services, CLI and the notebook API.
-
-`from pipeline import read_topic, read_table` works without importing pandas or any client
-until the functions are called: importing this package has no side effects.
+"""The shell, top of the house: the CLI and its commands, and the notebook API. `from pipeline import
+read_topic, read_table` imports no pandas or client until called.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""`ops-pipeline explain <recommendation_id>`: why a recommendation was made and what each account
-did with it, from the database: the bar, its features, the news the sentiment saw, and every gate
-outcome (passed, value, limit, reason) per account.
-
-Reads lane_telemetry, lane_features, inbound_events_classified, dispatch_recommendations and
-dispatch_executions (written by the Postgres sink); it never touches the broker.
+"""`ops-pipeline explain <recommendation_id>`: the bar, features, news and every account's gate
+outcomes behind a recommendation, read from the sink's tables (never the broker).
 """
 
 from __future__ import annotations
@@ -14,11 +10,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import psycopg
 import typer
+from psycopg.rows import dict_row
 from rich.console import Console
 from rich.table import Table
 
+from opsinfra.endpoints import resolve
+from opsinfra.errors import ConfigError
 from trading.calendar import NEW_YORK
+from trading.clock import MINUTE
 
 _FEATURE_COLS = ("close", "sma_20", "sma_50", "rsi_14", "macd", "macd_signal", "macd_hist",
                  "volume_current", "volume_avg_20", "volume_ratio", "volume_surge", "bb_upper",
@@ -60,8 +61,6 @@ class Explanation:
 
 
 def _rows(conn: Any, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-    from psycopg.rows import dict_row
-
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
         return list(cur.fetchall())
@@ -91,7 +90,7 @@ def load(conn: Any, recommendation_id: str, *, news_window: timedelta = timedelt
     out.bar = bars[0] if bars else None
     feats = _rows(conn, "SELECT * FROM lane_features WHERE ticker = %s AND ts = %s", (symbol, bar_ts))
     out.features = feats[0] if feats else None
-    seen_at = bar_ts + timedelta(minutes=1)  # the rule sees news published up to the bar's end
+    seen_at = bar_ts + MINUTE  # the rule sees news published up to the bar's end
     out.news = _rows(
         conn,
         "SELECT event_id, published, sentiment, score, model, tickers FROM inbound_events_classified "
@@ -187,11 +186,6 @@ def explain_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Why a recommendation was made and what every account did with it, from the database."""
-    import psycopg
-
-    from opsinfra.endpoints import resolve
-    from opsinfra.errors import ConfigError
-
     console = Console()
     try:
         uuid.UUID(recommendation_id)

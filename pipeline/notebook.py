@@ -1,8 +1,5 @@
-"""Read topics and tables into pandas DataFrames from a notebook.
-
-`read_topic` is a bounded read: it returns what was on the topic when it was called, decoded,
-filtered by the records' own timestamps (never `offsets_for_times`, which some brokers get wrong)
-and symbols. `read_table` reads the sink's tables, for history beyond topic retention.
+"""Topics and tables as pandas DataFrames for notebooks: `read_topic` is a bounded read filtered on the
+records' own time (never offsets_for_times); `read_table` reaches history beyond retention.
 """
 
 from __future__ import annotations
@@ -11,8 +8,15 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg import sql
+
+from opsinfra.endpoints import resolve
 from opsinfra.errors import DecodeError
 from opsinfra.settings import Settings
+from schemas.codec import make_codec
+from schemas.topic_io import read_decoded
+from schemas.topics import spec as topic_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,11 +88,6 @@ def read_topic(
     in `df.attrs["undecodable"]`."""
     import pandas as pd
 
-    from opsinfra.endpoints import resolve
-    from schemas.codec import make_codec
-    from schemas.topic_io import read_decoded
-    from schemas.topics import spec as topic_spec
-
     settings = settings or Settings()
     endpoints = resolve(settings, need_db=False)
     spec = topic_spec(topic, settings.pipeline_topic_prefix)
@@ -145,11 +144,6 @@ def read_table(
 ) -> pd.DataFrame:
     """Rows of one sink table as a DataFrame, filtered on its time and ticker columns."""
     import pandas as pd
-    import psycopg
-    from psycopg import sql
-
-    from opsinfra.endpoints import resolve
-
     if name not in _TABLE_TIME:
         raise KeyError(f"{name!r} is not a sink table (known: {', '.join(sorted(_TABLE_TIME))})")
     settings = settings or Settings()

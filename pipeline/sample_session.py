@@ -1,10 +1,5 @@
-"""Generates the bundled sample trading session (synthetic, and says so): IEX-like minute bars for
-the default universe over one regular XNYS session, and news items for the same day.
-
-Realism it aims for: U-shaped intraday volume at IEX scale (~0.9M shares a day for AAPL), volume
-surges and drift after news, a few minutes with no trades (no bar, not a gap), one updated bar
-(revision 1), and one real gap (minutes an outage lost, which REST would have). Deterministic per
-seed: `python -m pipeline.sample_session --out data/sample_session` regenerates the bundled files.
+"""Generates the bundled, synthetic sample session (IEX-like minute bars with surges, no-trade minutes,
+an updated bar and a gap, and the day's news), deterministic per seed.
 """
 
 from __future__ import annotations

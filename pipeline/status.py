@@ -1,9 +1,5 @@
-"""`ops-pipeline status`: is the pipeline healthy, and if not, why (replaces the old quick check).
-
-Everything here is read-only: topic end offsets and recent volume, consumer-group lag and how long
-the oldest waiting record has waited, per-symbol bar age and missing session minutes (the gap
-detector's candidates, and how many of them Alpaca REST has a bar for when credentials are
-configured), news age, sink table row counts.
+"""`ops-pipeline status`: is the pipeline healthy, and if not, why; read-only over topics, consumer
+groups, bar ages and missing minutes, news age and table counts (replaces the old quick check).
 """
 
 from __future__ import annotations
@@ -14,22 +10,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import psycopg
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from psycopg import sql
 
+from connectors.alpaca_rest import AlpacaBarHistory, BarHistory, RawBars
+from connectors.credentials import CredentialSource
+from connectors.gaps import chunks
 from opsinfra.endpoints import Endpoints
 from opsinfra.errors import ConfigError, DecodeError
 from opsinfra.kafka_config import admin_config, consumer_config
 from opsinfra.kafka_io import read_tail, true_end_offsets
 from opsinfra.settings import Settings
 from schemas.codec import decode, make_codec
-from schemas.records import Bar, NewsItem
-from schemas.topics import BARS, CONTRACT, NEWS_RAW
-
-if TYPE_CHECKING:
-    from connectors.alpaca_rest import BarHistory, RawBars
+from schemas.records import Bar, Execution, NewsItem
+from schemas.topic_io import read_records
+from schemas.topics import BARS, CONTRACT, EXECUTIONS, NEWS_RAW
+from trading.accounts import AccountDesk, accounts_from_settings
+from trading.calendar import TradingCalendar, trading_day
+from trading.clock import MINUTE
 
 TABLES = (
     "lane_telemetry",
@@ -194,7 +196,6 @@ def collect(
     thresholds: Thresholds | None = None,
     calendar: Any = None,
 ) -> Report:
-    from trading.calendar import TradingCalendar
 
     now = now or datetime.now(UTC)
     th = thresholds or Thresholds()
@@ -248,10 +249,10 @@ def collect(
     missing_by_symbol: dict[str, list[datetime]] = {}
     for sym in settings.pipeline_symbols:
         ts = last.get(sym)
-        age = (now - ts - timedelta(minutes=1)).total_seconds() if ts else None
+        age = (now - ts - MINUTE).total_seconds() if ts else None
         missing: list[datetime] = []
         if session is not None:
-            end = min(session.close, now - timedelta(minutes=1))
+            end = min(session.close, now - MINUTE)
             missing = [m for m in cal.minutes(session.open, end) if (sym, m) not in seen]
         missing_by_symbol[sym] = missing
         symbols.append(
@@ -300,8 +301,6 @@ def collect(
 
 def _rest_history(settings: Settings) -> BarHistory:
     """Alpaca REST with the stage's keys and feed; CredentialsUnavailable (a ConfigError) if none."""
-    from connectors.alpaca_rest import AlpacaBarHistory
-    from connectors.credentials import CredentialSource
 
     creds = CredentialSource.from_settings(settings).load(reason="status")
     return AlpacaBarHistory(creds, feed=settings.alpaca_feed, url=settings.alpaca_data_url)
@@ -317,7 +316,6 @@ def confirm_missing(
     backfill fills, as opposed to minutes without trades (IEX has no bar for them). `history` is
     called only when something is missing. Without credentials, or when REST fails or takes over
     `timeout_s`, the answer is (None, "candidates (why)"): the counts stay candidates."""
-    from connectors.gaps import chunks
 
     if not any(missing.values()):
         return dict.fromkeys(missing, 0), "nothing missing"
@@ -364,11 +362,6 @@ def _bar_start(raw: Mapping[str, Any]) -> datetime | None:
 
 def _accounts(settings: Settings, bootstrap: str, codec: Any, now: datetime) -> list[AccountStatus]:
     """Each account's day as the dispatch agent sees it: its desk rebuilt from the executions topic."""
-    from schemas.records import Execution
-    from schemas.topic_io import read_records
-    from schemas.topics import EXECUTIONS
-    from trading.accounts import AccountDesk, accounts_from_settings
-    from trading.calendar import TradingCalendar, trading_day
 
     history = [
         r
@@ -403,8 +396,6 @@ def _current_or_last_session(cal: Any, now: datetime) -> Any:
 
 
 def _table_counts(database_url: str, problems: list[str]) -> dict[str, int | None]:
-    import psycopg
-    from psycopg import sql
 
     counts: dict[str, int | None] = {}
     try:

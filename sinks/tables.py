@@ -1,7 +1,5 @@
-"""How each contract topic becomes rows: columns, row builders, merge rules and their SQL.
-
-Pure: no I/O. The in-batch reduction (`rank`) and the SQL `WHERE` of each upsert state one rule
-twice, so a batch holding several records of one key ends exactly as if they came one by one.
+"""How each contract topic becomes rows: columns, row builders, merge rules and their SQL, pure; the
+in-batch reduction and each upsert's WHERE state one rule, so a batch ends as if applied one by one.
 """
 
 from __future__ import annotations

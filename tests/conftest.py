@@ -168,7 +168,8 @@ def provisioned(settings: Settings, kafka_bootstrap: str, database_url: str) -> 
     from opsinfra.kafka_admin import create_topics
     from opsinfra.kafka_config import admin_config
 
-    create_topics(AdminClient(admin_config(settings, kafka_bootstrap)), ALL_TOPICS, prefix=settings.pipeline_topic_prefix)
+    admin = AdminClient(admin_config(settings, kafka_bootstrap))
+    create_topics(admin, ALL_TOPICS, prefix=settings.pipeline_topic_prefix)
     migrate.apply(database_url)
     return settings
 

@@ -1,10 +1,5 @@
-"""The accounts the pipeline trades, and the desk that decides for one of them.
-
-An AccountDesk owns one account's state and is its only writer: recommendations (entries and
-signal reversals) and bars (stop, target, trailing, end-of-session exits) go through the same
-gates and the same execution builder, and every Execution it emits is folded back into its state
-by apply(), the same function that rebuilds the state from the executions topic after a restart.
-Pure: the dispatch agent, the backtester and the tests drive it with an injected clock time.
+"""The accounts traded, and the desk that decides for one: the account's only writer, through which
+entries, reversals and rule exits pass the same gates, and which rebuilds from the executions topic.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""The in-process backtester: the live objects (FeatureEngine, SignalRule, WatchlistBuilder,
-AccountDesk) driven over bars in (ts, revision) order with bar time as the clock.
-
-Each minute is decided the way the dispatch agent decides it (streams.ordering): the minute's bars
-(exits) then its signals, each in symbol order, at the bar's end as the clock, so a backtest and a
-replay through the broker make the same decisions on the same bars and news.
+"""The in-process backtester: the live objects over bars with bar time as the clock, each minute in
+the dispatch agent's canonical order, so a backtest and a replay decide alike.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from schemas.records import Bar, Execution, Features, Recommendation, ScoredNews
 from trading.accounts import AccountDesk
 from trading.calendar import SessionCalendar
 from trading.clock import MINUTE
-from trading.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
+from trading.features import FeatureEngine, InvalidBar, OutOfOrderBar
 from trading.gates import AccountConfig
 from trading.ledger import Ledger
 from trading.ordering import canonical_key
@@ -29,7 +25,7 @@ from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
 @dataclass
 class BacktestResult:
-    features: list[FeatureValues] = field(default_factory=list)
+    features: list[Features] = field(default_factory=list)
     signals: list[Recommendation] = field(default_factory=list)
     executions: list[Execution] = field(default_factory=list)
     watchlist: list[WatchlistEntry] = field(default_factory=list)
@@ -102,7 +98,7 @@ class Backtester:
         watch = self.watchlist
         marks = self.marks
         minute: datetime | None = None
-        bars_now: list[FeatureValues] = []  # this minute's features and signals, decided together
+        bars_now: list[Features] = []  # this minute's features and signals, decided together
         recs_now: list[Recommendation] = []
         count = 0
         for bar in bars:
@@ -147,7 +143,7 @@ class Backtester:
                 led.close_minute(minute + MINUTE)
         return count
 
-    def _decide(self, bars_now: list[FeatureValues], recs_now: list[Recommendation]) -> None:
+    def _decide(self, bars_now: list[Features], recs_now: list[Recommendation]) -> None:
         """One minute's decisions in the canonical order (streams.ordering): the bars (exits) by
         symbol, then the signals by symbol, as the dispatch agent releases them."""
         desks = self.desks
@@ -181,8 +177,3 @@ class Backtester:
                     if decided is not None:
                         out.append(decided)
                         by_name[decided.account].on_execution(decided)
-
-
-def features_record(f: FeatureValues) -> Features:
-    """The features.1m record of a FeatureValues: the same fields, so files and topics agree."""
-    return Features(**{name: getattr(f, name) for name in Features.field_names()})

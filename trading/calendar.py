@@ -1,7 +1,5 @@
-"""The one XNYS calendar: session opens and closes (holidays, early closes) from exchange_calendars.
-
-Sessions are read once, lazily, into plain UTC datetimes keyed by date: every XNYS session lies
-within one UTC day, so lookups need neither pandas nor a tz database on the hot path.
+"""The one XNYS calendar (holidays, early closes, from exchange_calendars), read once into plain UTC
+datetimes so session lookups on the hot path need neither pandas nor a tz database.
 """
 
 from __future__ import annotations

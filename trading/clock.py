@@ -1,8 +1,5 @@
-"""The injected clock: wall time live, bar time in replays and backtests, a manual clock in tests.
-
-Every time-dependent decision (bar age, session window, submit rate, backoff, stall, "not in the
-future") reads a Clock, never `datetime.now()`, which is what lets a replay make the decisions the
-live run made, and a test stage a three-minute outage in milliseconds.
+"""The injected clock (wall time live, bar time in replays and backtests, manual in tests): no decision
+reads `datetime.now()`, which is what lets a replay decide as the live run did.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""How a decision becomes an Execution record: simulated fills, sizing, deterministic order ids.
-
-Pure. The same functions run in the dispatch agent and in the backtester, so a simulated fill in
-a replay is the fill the live simulate mode would have recorded.
+"""How a decision becomes an Execution: simulated fills, sizing, deterministic order ids; shared by
+the dispatch agent and the backtester, so a replayed fill is the one live simulate mode recorded.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ def new_record(cls: type[R], *values: Any) -> R:
     """cls(*values) for a frozen, slotted record, without paying object.__setattr__ per field.
 
     The values go into a mutable twin of identical layout whose class is then switched (CPython
-    allows it between classes of the same slots), as streams/features.py does for FeatureValues:
+    allows it between classes of the same slots), as the FeatureEngine does for Features:
     the result is an ordinary frozen instance. Values are positional, in field order; fields with
     defaults (appended by schema evolution) may be left out.
     """

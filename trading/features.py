@@ -1,16 +1,15 @@
-"""Per-symbol feature engine: one bar in, one features.1m record out, live and in backtests alike.
-
-Pure and synchronous: the faust agent keeps one engine per symbol (its `to_state()` in a table),
-the backtester and the tests drive it directly.
+"""Per-symbol feature engine: one bar in, one features.1m record out, the same object live (the
+features agent), in backtests and in tests.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, make_dataclass
+from dataclasses import fields, make_dataclass
 from datetime import datetime
 from typing import Any, Self
 
+from schemas.records import Features
 from trading.indicators import MACD, RSI, SMA, Bollinger, State
 
 #: volume_ratio above this is a surge (architecture contract, kept from the running system).
@@ -33,42 +32,14 @@ class InvalidBar(ValueError):
     """A non-finite close or a negative volume, which would poison every running sum for good."""
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureValues:
-    """Features of one symbol for one minute (the features.1m record, plus the bar's revision).
-
-    A field is None until its indicator has warmed up (TA-Lib's first non-NaN bar). volume_ratio
-    is None, not inf or NaN, when the 20-bar mean volume is 0 (volumes are >= 0 and the mean
-    includes this bar, so the ratio would be 0/0); volume_surge is None whenever the ratio is.
-    """
-
-    symbol: str
-    ts: Any
-    close: float
-    sma_20: float | None
-    sma_50: float | None
-    volume_current: int
-    volume_avg_20: float | None
-    volume_ratio: float | None
-    volume_surge: bool | None
-    rsi_14: float | None
-    macd: float | None
-    macd_signal: float | None
-    macd_hist: float | None
-    bb_upper: float | None
-    bb_middle: float | None
-    bb_lower: float | None
-    bars_seen: int
-    revision: int
-
-
-# A frozen dataclass sets each field through object.__setattr__, about 2.2 us for these 18 fields
-# on CPython 3.11, most of the engine's budget. The engine instead fills this mutable twin (same
-# slots, same order, ~0.25 us) and then switches its class to FeatureValues, which CPython allows
-# between classes of identical layout: the result is an ordinary frozen FeatureValues.
-_FeatureValuesBuilder: Any = make_dataclass(
-    "_FeatureValuesBuilder",
-    [(f.name, f.type) for f in fields(FeatureValues)],
+# A frozen dataclass sets each field through object.__setattr__, most of the engine's budget for
+# these 18 fields. The engine instead fills this mutable twin of Features (same slots, same order,
+# same base) and then switches its class, which CPython allows between classes of identical
+# layout: the result is an ordinary frozen Features record.
+_FeaturesBuilder: Any = make_dataclass(
+    "_FeaturesBuilder",
+    [(f.name, f.type) for f in fields(Features)],
+    bases=Features.__bases__,
     slots=True,
     eq=False,
     repr=False,
@@ -95,6 +66,11 @@ class FeatureEngine:
     A later minute is applied; the same (ts, revision) again is a duplicate (None); the same
     minute with a higher revision (an Alpaca "updated bar") replaces the last bar in every
     indicator and returns that minute's recomputed values; anything older raises OutOfOrderBar.
+
+    In the Features it returns, a field is None until its indicator has warmed up (TA-Lib's first
+    non-NaN bar). volume_ratio is None, not inf or NaN, when the 20-bar mean volume is 0 (volumes
+    are >= 0 and the mean includes this bar, so the ratio would be 0/0); volume_surge is None
+    whenever the ratio is.
     """
 
     __slots__ = (
@@ -148,7 +124,7 @@ class FeatureEngine:
     def last_revision(self) -> int:
         return self._last_revision
 
-    def update(self, ts: Any, close: float, volume: int, revision: int = 0) -> FeatureValues | None:
+    def update(self, ts: Any, close: float, volume: int, revision: int = 0) -> Features | None:
         last_ts = self._last_ts
         if last_ts is None or ts > last_ts:
             if volume < 0 or not _isfinite(close):
@@ -178,7 +154,7 @@ class FeatureEngine:
         self._last_revision = revision
         return self._values(ts, close, volume, revision)
 
-    def _values(self, ts: Any, close: float, volume: int, revision: int) -> FeatureValues:
+    def _values(self, ts: Any, close: float, volume: int, revision: int) -> Features:
         bb = self._bb
         macd = self._macd
         volume_avg = self._vol_20.value
@@ -187,7 +163,7 @@ class FeatureEngine:
         if volume_avg:  # None before warm-up; 0.0 would make the ratio 0/0
             ratio = volume / volume_avg
             surge = ratio > SURGE_RATIO
-        record = _FeatureValuesBuilder(
+        record = _FeaturesBuilder(
             self.symbol,
             ts,
             close,
@@ -207,8 +183,8 @@ class FeatureEngine:
             self._bars_seen,
             revision,
         )
-        record.__class__ = FeatureValues
-        values: FeatureValues = record
+        record.__class__ = Features
+        values: Features = record
         return values
 
     def to_state(self) -> State:

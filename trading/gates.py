@@ -1,9 +1,5 @@
-"""Risk gates: an account's limits, its mutable state, and the ordered gate evaluation.
-
-Pure: the dispatch agent, the backtester and the tests call evaluate_gates() with an injected
-clock time and calendar. Every gate is evaluated and recorded (passed, value, limit, reason) so a
-SKIPPED execution explains itself; the first failing gate is the failure reason. Entry-only
-gates are recorded as skipped for exits: nothing here ever blocks an exit.
+"""Risk gates: an account's limits, its state and the ordered evaluation; every gate is recorded so a
+SKIPPED execution explains itself, and entry-only gates never block an exit.
 """
 
 from __future__ import annotations
@@ -208,7 +204,7 @@ class OrderPlan(NamedTuple):
 
 
 # Building a frozen dataclass sets each field through object.__setattr__; a decision records twelve
-# gates, so (as FeatureValues does in streams/features.py) they are filled in a mutable twin of
+# gates, so (as the FeatureEngine does for Features) they are filled in a mutable twin of
 # identical layout whose class is then switched: the result is an ordinary frozen GateResult.
 _GateBuilder: Any = make_dataclass(
     "_GateBuilder", [(f.name, f.type) for f in fields(GateResult)], slots=True, eq=False, repr=False,

@@ -1,7 +1,5 @@
-"""Backtest bookkeeping from executions and bar closes: round trips, equity and the summary.
-
-Sharpe is computed on per-minute equity returns, annualised with sqrt(252 x 390); exposure is the
-fraction of processed minutes with at least one open position.
+"""Backtest bookkeeping from executions and bar closes: round trips, the equity curve and the
+summary (Sharpe on per-minute returns, drawdown, exposure).
 """
 
 from __future__ import annotations

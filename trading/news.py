@@ -1,7 +1,5 @@
-"""News scoring without I/O: ticker inference, the lexicon and fallback classifiers, `score_items`.
-
-The classifier agent, the backtester, the bench and the tests share these; the model itself
-(connectors.sentiment_model) sits behind the Classifier protocol.
+"""News scoring without I/O: ticker inference, the lexicon and fallback classifiers and `score_items`,
+shared by the classifier agent and the backtester; the model sits behind the Classifier protocol.
 """
 
 from __future__ import annotations

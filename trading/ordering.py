@@ -1,21 +1,5 @@
-"""Event-time order for decisions that span symbols: one account's limits (trades per day, open
-positions, notional, buying power, submit rate) depend on the order its inputs are decided in.
-
-The canonical order is (bar ts, bars before signals, symbol, revision or action). The backtester
-decides each minute in that order; the dispatch agent restores it from topics consumed at uneven
-paces with `EventTimeBuffer`: an event is held until every active partition of the clock topic
-(features.1m, dense: every symbol, every minute) has moved past its minute, plus a grace period for
-the signals that minute produces, then released sorted. With `gate_on_progress`, a minute also
-waits until the producer of those signals (the signal agent) has committed past every bar of it:
-`progress()` is fed that group's committed offsets.
-
-Partitions that have not delivered yet: after an assignment the consumer says where it starts
-(`expect`), and a partition not heard from since holds everything until it has been silent for
-`idle_s` (an empty partition) — and for as long as the records known to exist there (`known`: the
-signal producer has committed past them) lie beyond where this consumer stands. Without that, a
-cold start over a backlog releases minutes on the first partitions fetched while a slower one still
-holds bars of those minutes. A partition that has gone quiet is likewise only dropped from the
-watermark when nothing is known to lie beyond it. Pure: no I/O, the wall clock is injected.
+"""Event-time order for decisions that span symbols: one account's limits depend on the order its
+inputs are decided in, so the backtester and the dispatch agent both decide in canonical order.
 """
 
 from __future__ import annotations
@@ -31,7 +15,7 @@ SIGNAL_KIND = 1
 
 
 def canonical_key(record: Any) -> tuple[datetime, int, str, int, str]:
-    """The decision order of a features record (or FeatureValues) or a recommendation."""
+    """The decision order of a features record or a recommendation."""
     action = getattr(record, "action", None)
     if action is not None:
         return (record.ts, SIGNAL_KIND, record.symbol, 0, action)
@@ -45,6 +29,15 @@ class EventTimeBuffer:
     partitions heard from in the last `idle_s`) has been past t for `grace_s`. When nothing at all
     has arrived for `idle_s`, everything held is released (the end of a replay, a quiet market).
     Items older than what was already released are released at once, and counted as late.
+
+    The clock topic is features.1m (dense: every symbol, every minute); signals wait a grace
+    period for the minute's signals, and with `gate_on_progress` until the signal agent has
+    committed past every bar of the minute (`progress()`). After an assignment the consumer says
+    where it starts (`expect`): a partition not heard from since holds everything until it has been
+    silent for `idle_s`, and for as long as records known to exist there (`known`: the signal
+    agent committed past them) lie beyond where this consumer stands; otherwise a cold start over a
+    backlog would release minutes on the first partitions fetched while a slower one still holds
+    bars of them. A quiet partition leaves the watermark only when nothing is known beyond it.
     """
 
     __slots__ = (

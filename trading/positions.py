@@ -1,9 +1,5 @@
-"""Open positions of one account and the rules that close them.
-
-A PositionBook applies fills and, per bar, says whether a position must exit: stop-loss,
-take-profit, trailing stop, end of session (flat at close) or signal reversal. It decides, it does
-not trade: exits go through the account's execution path like entries (see streams/accounts.py).
-Pure; the dispatch agent, the position agent, the backtester and the tests share it.
+"""Open positions of one account and the rules that close them (stop, target, trailing, flat at the
+close, reversal): it decides, the account's desk trades, like any entry.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The signal rule: features.1m + decayed news sentiment -> BUY/SELL recommendations.
-
-Pure and incremental, shared by the signal agent, the backtester and the tests. The per-bar path
-(no signal) reads a few attributes and allocates nothing; a Recommendation is built only when
-the rule fires. Deterministic ids make a replay or a redelivery produce the same recommendation.
+"""The signal rule: features.1m + decayed news sentiment -> BUY/SELL recommendations, incremental and
+allocation-free per bar, with deterministic ids so a replay or redelivery recommends the same.
 """
 
 from __future__ import annotations
@@ -178,7 +175,7 @@ class StrategyConfig:
 
 
 class FeatureLike(Protocol):
-    """What the rule reads: a features.1m record or the FeatureEngine's FeatureValues."""
+    """What the rule reads: a features.1m record (what the FeatureEngine returns, too)."""
 
     @property
     def symbol(self) -> str: ...

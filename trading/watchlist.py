@@ -1,9 +1,5 @@
-"""The watchlist: every 5 minutes of bar time, the universe scored and ranked, top-N published.
-
-Windows are aligned to bar time and close on bar time, never on the wall clock, so a replay
-produces the watchlist the live run produced. A window closes once every symbol of the universe
-has moved past it, or once at least half of them are `grace` beyond its end (a symbol with no bars
-cannot hold it open forever); bars for an already closed window are counted as late and ignored.
+"""The watchlist: every 5 minutes of bar time the universe ranked, top-N published; windows close on
+bar time (never the wall clock), so a replay produces the live run's watchlist.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from connectors.alpaca_bars import BarsConfig, BarsConnector
 from connectors.credentials import CredentialSource
 from connectors.intake import ProducerSink
-from connectors.topic_tail import read_tail
+from connectors.topic_tail import bars_tail
 from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import Bar, DeadLetter
@@ -76,7 +76,7 @@ async def running(
         sink=ProducerSink(producer),
         calendar=CAL,
         clock=clock,
-        tail=lambda: read_tail(settings, bootstrap, codec, settings.topic(BARS.name),
+        tail=lambda: bars_tail(settings, bootstrap, codec, settings.topic(BARS.name),
                                per_partition=config.tail_per_partition, quiet_s=0.3),
         rand=lambda: 0.5,
     )
