@@ -38,7 +38,7 @@ from opsinfra.metrics import metrics as process_metrics
 from opsinfra.settings import Settings
 from schemas.records import Bar
 from trading.calendar import TradingCalendar
-from trading.clock import Clock, WallClock
+from trading.clock import WaitingClock, WallClock
 
 log = structlog.get_logger(__name__)
 _WS_LOG = logging.getLogger("connectors.alpaca_bars.websocket")
@@ -56,7 +56,7 @@ class BarsConnector:
         credentials: CredentialSource,
         sink: BarSink,
         calendar: TradingCalendar,
-        clock: Clock | None = None,
+        clock: WaitingClock | None = None,
         history_factory: Callable[[Credentials], BarHistory] | None = None,
         tail: Callable[[], Iterable[Bar]] | None = None,
         rand: Callable[[], float] = random.random,
@@ -372,11 +372,11 @@ def run(settings: Settings, endpoints: Endpoints, stop: threading.Event) -> None
 
 
 def build(
-    settings: Settings, endpoints: Endpoints, *, clock: Clock | None = None, **timings: Any
+    settings: Settings, endpoints: Endpoints, *, clock: WaitingClock | None = None, **timings: Any
 ) -> BarsConnector:
     """The stage's connector, wired to the broker as `run` wires it. Production passes nothing;
     a test passes a bar-time clock and the real-time knobs (poll, flush) to compress a session."""
-    from connectors.topic_tail import read_tail
+    from connectors.topic_tail import bars_tail
     from schemas.codec import make_codec
     from schemas.topic_io import RecordProducer
     from schemas.topics import BARS
@@ -392,7 +392,7 @@ def build(
         sink=ProducerSink(producer),
         calendar=TradingCalendar.xnys(),
         clock=clock,
-        tail=lambda: read_tail(settings, endpoints.kafka_bootstrap_servers, codec, topic,
+        tail=lambda: bars_tail(settings, endpoints.kafka_bootstrap_servers, codec, topic,
                                per_partition=config.tail_per_partition),
     )
 

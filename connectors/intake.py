@@ -17,6 +17,7 @@ from connectors.revisions import Kind, RevisionBook
 from connectors.validation import BarRejected, parse_bar, parse_ts, raw_payload, validate_bar
 from opsinfra.metrics import Metrics
 from opsinfra.metrics import metrics as process_metrics
+from schemas.dead_letters import dead_letter
 from schemas.records import Bar, DeadLetter
 from schemas.topic_io import RecordProducer
 from schemas.topics import BARS
@@ -81,24 +82,6 @@ class IntakeStats:
         return self.live + self.updated + self.backfill + self.replay
 
 
-def dead_letter(
-    *, origin: str, reason: str, payload: bytes, content_type: str, key: str | None, at: datetime,
-    error_type: str = "BarRejected",
-) -> DeadLetter:
-    return DeadLetter(
-        topic=origin,
-        partition=None,
-        offset=None,
-        original_key=key.encode() if key else None,
-        value=payload,
-        headers={"content-type": content_type.encode()},
-        error=reason,
-        error_type=error_type,
-        stage=STAGE,
-        failed_at=at,
-    )
-
-
 class BarIntake:
     """Routes raw bars: valid and new -> sink (revision set, minute marked seen), else DLQ/skip."""
 
@@ -160,8 +143,9 @@ class BarIntake:
         at: datetime, error_type: str = "BarRejected",
     ) -> None:
         self.sink.dead_letter(
-            dead_letter(origin=origin, reason=reason, payload=payload, content_type=content_type,
-                        key=key, at=at, error_type=error_type)
+            dead_letter(origin, stage=STAGE, error=reason, error_type=error_type,
+                        key=key.encode() if key else None, value=payload,
+                        headers={"content-type": content_type.encode()}, at=at)
         )
         self.stats.rejected += 1
 

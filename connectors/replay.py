@@ -1,9 +1,7 @@
-"""Replay: re-publish bars to market.bars.1m (or under another prefix) in (ts, revision) order.
+"""Replay: bars from a file, a topic range or Postgres, re-published in (ts, revision) order.
 
-Sources: a bar file (CSV or Parquet; columns symbol, ts, open, high, low, close, volume and
-optionally trade_count, vwap, revision), a time range of a topic (chosen by the records' own ts,
-never offsets_for_times), or a time range of Postgres' lane_telemetry. Rows go through the same
-parse/validate as live bars; bad rows go to the DLQ with the raw row, the replay goes on.
+Rows pass the live bars' parse/validate; a bad row goes to the DLQ (or rejected.csv) with its
+reason and raw values, and the replay goes on.
 """
 
 from __future__ import annotations
@@ -12,7 +10,8 @@ import csv
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from connectors.intake import BarIntake
 from connectors.validation import BarRejected, parse_bar, validate_bar
+from opsinfra.errors import InputError
 from schemas.records import Bar
 
 FILE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
@@ -46,6 +46,12 @@ def parse_speed(text: str) -> float | None:
 class Rejected:
     reason: str
     row: dict[str, Any]
+    kind: str | None = None  # the reason without the row's values, for counting
+    number: int | None = None  # 1-based among the data rows of the file
+
+    @property
+    def label(self) -> str:
+        return self.kind or self.reason
 
 
 @dataclass
@@ -53,6 +59,15 @@ class Prepared:
     bars: list[Bar]
     rejected: list[Rejected] = field(default_factory=list)
     repeats: int = 0
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """Rejected rows per kind of reason, most frequent first."""
+        return dict(Counter(r.label for r in self.rejected).most_common())
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """{"high < low": 2, "ts unparseable": 1} -> "2 high < low, 1 ts unparseable"."""
+    return ", ".join(f"{n} {reason}" for reason, n in counts.items())
 
 
 def _cell(value: str) -> Any:
@@ -68,23 +83,35 @@ def _cell(value: str) -> Any:
 
 
 def load_bar_file(path: Path) -> list[dict[str, Any]]:
-    """The rows of a CSV or Parquet bar file as dicts (CSV numbers converted, blanks None)."""
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+    """The rows of a CSV or Parquet bar file as dicts (CSV numbers converted, blanks None).
 
-        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
-    elif suffix in (".csv", ".txt"):
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            rows = [{k.strip(): (_cell(v) if k != "symbol" else (v or "").strip())
-                     for k, v in row.items() if k is not None} for row in reader]
-    else:
-        raise ValueError(f"{path}: bar files are .csv or .parquet")
-    if rows:
-        missing = [c for c in FILE_COLUMNS if c not in rows[0]]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    A file that cannot be read as a bar file at all is an InputError; bad rows are left to
+    `prepare_rows`."""
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".txt"):
+        raise InputError(f"{path}: bar files are .csv or .parquet", hint="convert it, or rename it")
+    try:
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            columns = list(table.column_names)
+            rows: list[dict[str, Any]] = table.to_pylist()
+        else:
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                columns = [c.strip() for c in reader.fieldnames or ()]
+                rows = [{k.strip(): (_cell(v) if k != "symbol" else (v or "").strip())
+                         for k, v in row.items() if k is not None} for row in reader]
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}", hint="check the path") from exc
+    except (ValueError, csv.Error) as exc:  # pyarrow's ArrowInvalid is a ValueError too
+        raise InputError(f"{path}: not a readable bar file: {exc}",
+                         hint="give a UTF-8 CSV with a header row, or a Parquet file") from exc
+    missing = [c for c in FILE_COLUMNS if c not in columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}",
+                         hint=f"a bar file has the columns {', '.join(FILE_COLUMNS)}")
     return rows
 
 
@@ -97,18 +124,18 @@ def row_to_bar(row: dict[str, Any]) -> Bar:
     if isinstance(revision, float) and revision.is_integer():
         revision = int(revision)
     if isinstance(revision, bool) or not isinstance(revision, int):
-        raise BarRejected(f"revision is not an integer: {revision!r}")
+        raise BarRejected(f"revision is not an integer: {revision!r}", "revision not an integer")
     return validate_bar(parse_bar(wire, source="replay", revision=revision))
 
 
 def prepare_rows(rows: Iterable[dict[str, Any]]) -> Prepared:
     """Valid rows as bars in (ts, revision) order, stable for ties; exact repeats dropped."""
     out = Prepared(bars=[])
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         try:
             out.bars.append(row_to_bar(row))
         except BarRejected as exc:
-            out.rejected.append(Rejected(exc.reason, row))
+            out.rejected.append(Rejected(exc.reason, row, exc.kind, number))
     return _ordered(out)
 
 
@@ -150,6 +177,7 @@ class ReplayReport:
     rejected: int = 0
     repeats: int = 0
     slept_s: float = 0.0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def publish(
@@ -164,7 +192,8 @@ def publish(
     on_progress: Callable[[int], None] | None = None,
 ) -> ReplayReport:
     """Rejections to the DLQ, then the bars in order, paced by bar time when `speed` is set."""
-    report = ReplayReport(rejected=len(prep.rejected), repeats=prep.repeats)
+    report = ReplayReport(rejected=len(prep.rejected), repeats=prep.repeats,
+                          rejected_by_reason=prep.rejected_by_reason())
     for rej in prep.rejected:
         payload = json.dumps(rej.row, default=str).encode()
         sym = rej.row.get("symbol")

@@ -16,6 +16,7 @@ from typing import Protocol
 import httpx
 
 from connectors.feeds import FeedError, FeedParseError, parse_document
+from opsinfra.backoff import Backoff
 from opsinfra.endpoints import Endpoints
 from opsinfra.errors import PipelineError
 from opsinfra.kafka_io import read_to_end
@@ -292,16 +293,16 @@ def run(settings: Settings, endpoints: Endpoints, stop: threading.Event) -> None
         stop.wait()
         return
     bootstrap = endpoints.kafka_bootstrap_servers
-    backoff = 1.0
+    backoff = Backoff(floor=0.5, cap=60.0)  # retry n waits up to min(60, 2**(n-1)) s
     while True:
         try:
             seen = load_seen_ids(settings, bootstrap)
             break
         except PipelineError as exc:
-            log.warning("rss: cannot read seen ids from news.raw (%s); retry in %.0fs", exc, backoff)
-            if stop.wait(backoff):
+            delay = backoff.next()
+            log.warning("rss: cannot read seen ids from news.raw (%s); retry in %.1fs", exc, delay)
+            if stop.wait(delay):
                 return
-            backoff = min(backoff * 2, 60.0)
     log.info("rss: %d item id(s) already on news.raw; polling %d feed(s) every %.0fs",
              len(seen), len(config.feeds), config.poll_seconds)
     codec = make_codec(endpoints.schema_registry_url)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from opsinfra.errors import ConfigError, DecodeError
 from opsinfra.kafka_io import Consumed, end_offsets, read_tail, read_to_end
@@ -24,22 +25,13 @@ def _bars(codec: Codec, topic: str, messages: Iterable[Consumed]) -> Iterator[Ba
             continue
 
 
-def bars_tail(
-    settings: Settings,
-    bootstrap: str,
-    codec: Codec,
-    topic: str,
-    *,
-    per_partition: int,
-    quiet_s: float = 0.5,
-    timeout_s: float = 60.0,
-) -> list[Bar]:
-    """About the last `per_partition` bars of each partition (more when the watermark lags)."""
+def bars_tail(settings: Settings, bootstrap: str, codec: Codec, topic: str, **read: Any) -> list[Bar]:
+    """About the last `per_partition` bars of each partition (more when the watermark lags);
+    `read` goes to opsinfra.kafka_io.read_tail (per_partition, quiet_s, timeout_s)."""
     if not end_offsets(settings, bootstrap, [topic]):
         raise ConfigError(f"no topic {topic!r}: run `ops-pipeline topics create`")
-    tail = read_tail(settings, bootstrap, topic, per_partition=per_partition, quiet_s=quiet_s,
-                     timeout_s=timeout_s)
-    return list(_bars(codec, topic, tail))
+    read.setdefault("quiet_s", 0.5)
+    return list(_bars(codec, topic, read_tail(settings, bootstrap, topic, **read)))
 
 
 def bars_in_range(

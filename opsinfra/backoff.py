@@ -1,12 +1,12 @@
-"""Reconnect delays as pure functions of the attempt number and an injected random draw.
-
-Alpaca allows one market-data connection per account and reaps a half-dead socket only after
-about 90 s, so reconnecting fast after a drop buys a 406; a tight loop is never an option.
+"""Retry and reconnect delays, the one home of backoff: pure functions of the attempt number and
+an injected random draw, and `Backoff`, a retry loop's attempt counter around them.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def backoff_delay(attempt: int, *, floor: float, cap: float, rand: Callable[[], float]) -> float:
@@ -32,6 +32,24 @@ def connection_limit_delay(*, wait: float, jitter: float, rand: Callable[[], flo
     if wait <= 0 or jitter < 0:
         raise ValueError(f"need wait > 0 and jitter >= 0, got wait={wait} jitter={jitter}")
     return wait + jitter * _unit(rand())
+
+
+@dataclass
+class Backoff:
+    """The delays of one retry loop: `next()` is attempt 1, 2, ... of `backoff_delay`.
+
+    The jitter spreads processes that failed together (a broker or database outage) apart, so
+    they do not all retry in the same instant.
+    """
+
+    floor: float
+    cap: float
+    rand: Callable[[], float] = random.random
+    attempt: int = 0
+
+    def next(self) -> float:
+        self.attempt += 1
+        return backoff_delay(self.attempt, floor=self.floor, cap=self.cap, rand=self.rand)
 
 
 def _unit(x: float) -> float:

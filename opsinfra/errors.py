@@ -1,4 +1,8 @@
-"""The one error tree of ops-pipeline: callers branch on these classes, never on message text."""
+"""The one error tree of ops-pipeline: callers branch on these classes, never on message text.
+
+Each class says how the CLI reports it: `exit_code` (2: fix the configuration or input, 1: a
+failure at run time) and an optional `hint`, the "what to do" of `error: <what> (<hint>)`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,25 @@ from __future__ import annotations
 class PipelineError(Exception):
     """Base of every error this package raises on purpose."""
 
+    exit_code = 1
+    hint: str | None = None
+
+    def __init__(self, *args: object, hint: str | None = None) -> None:
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
+
 
 class ConfigError(PipelineError):
     """A setting is missing, malformed or contradictory; the process should exit with a message."""
+
+    exit_code = 2
+
+
+class InputError(PipelineError, ValueError):
+    """A file or argument the user gave is unusable (missing, unreadable, wrong columns, bad time)."""
+
+    exit_code = 2
 
 
 class SchemaError(PipelineError):

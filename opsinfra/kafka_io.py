@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 class DeliveryError(PipelineError):
     """The broker did not acknowledge a produced message."""
 
+    hint = "is the broker running? check KAFKA_BOOTSTRAP_SERVERS"
+
 
 class BytesProducer:
     """Produces raw messages; idempotent and acks=all (see kafka_config), delivery errors kept for

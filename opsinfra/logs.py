@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -13,13 +14,21 @@ _SECRET_KEYS = re.compile(r"(secret|password|passwd|token|api_key|key_id|authori
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
 
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with passwords inside URLs and every given secret value replaced by ***."""
+    text = _URL_PASSWORD.sub(r"\1***\3", text)
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """Blank values under secret-looking keys and passwords inside URLs."""
     for key, value in list(event.items()):
         if _SECRET_KEYS.search(key) and value is not None:
             event[key] = "***"
         elif isinstance(value, str) and "://" in value:
-            event[key] = _URL_PASSWORD.sub(r"\1***\3", value)
+            event[key] = scrub(value)
     return event
 
 

@@ -6,12 +6,15 @@ deployment's existing environment works unchanged. Secrets are `SecretStr`: neve
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from opsinfra.errors import ConfigError
 
 DEFAULT_SYMBOLS = ("AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "META", "NVDA")
 
@@ -33,6 +36,27 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def check_database_url(url: str) -> None:
+    """ValueError, never quoting the URL (it holds a password), when libpq would misread it."""
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ValueError("DATABASE_URL must start with postgresql://")
+        if parts.netloc.count("@") > 1:
+            raise ValueError("DATABASE_URL has more than one '@' before the host "
+                             "(write an '@' of the user or password as %40)")
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as exc:  # libpq quotes pieces of the string, which may be the password
+        detail = re.sub(r'"([^"]*)"', lambda m: '"…"' if m.group(1) in url else m.group(0),
+                        str(exc).splitlines()[0])
+        raise ValueError(f"DATABASE_URL does not parse: {detail}") from None
 
 
 class Settings(BaseSettings):
@@ -91,6 +115,40 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings(), with a ConfigError naming each bad variable (never its value) instead of
+        pydantic's report, which quotes the input."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors(include_url=False, include_input=False, include_context=False):
+                name = ".".join(str(part) for part in err["loc"]).upper()
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{name}: {msg}" if name and not msg.startswith(name) else msg)
+            raise ConfigError("; ".join(problems), hint="fix it in the environment or .env") from exc
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds (and a URL's password alone), for scrubbing text."""
+        out: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                text = value.get_secret_value()
+                out.append(text)
+                password = urlsplit(text).password if "://" in text else None
+                if password:
+                    out += [password, unquote(password)]
+        return out
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            check_database_url(value.get_secret_value())
+        return value
 
     @field_validator("pipeline_symbols", mode="before")
     @classmethod

@@ -1,7 +1,5 @@
-"""`ops-pipeline backtest`: bars (a file or a topic) and news through the live objects, to files.
-
-Reads a topic with a plain consumer (no group commit); writes features.csv, signals.csv,
-executions.csv, trades.csv, summary.json and report.html to --out, with a rich progress bar.
+"""`ops-pipeline backtest`: bars (a file or a topic) and news through the live objects, to files
+(features, signals, executions, trades, rejected rows, summary, report) that a user can open.
 """
 
 from __future__ import annotations
@@ -9,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from operator import attrgetter
@@ -20,10 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from connectors.replay import Rejected, counts_text
+from opsinfra.errors import InputError, PipelineError
 from opsinfra.settings import Settings
 from pipeline.report import _fmt, write_html
 from schemas.records import Bar, NewsItem, Record, ScoredNews
-from trading.backtest import Backtester, BacktestResult, features_record
+from trading.accounts import AccountConfig
+from trading.backtest import Backtester, BacktestResult
 
 console = Console()
 
@@ -41,6 +43,30 @@ def _must_time(text: str) -> datetime:
     return ts
 
 
+def _option_time(option: str, text: str | None) -> datetime | None:
+    try:
+        return _time(text)
+    except ValueError:  # pandas' DateParseError is one
+        raise InputError(f"{option}: not a date or time: {text!r}",
+                         hint="ISO-8601, e.g. 2025-11-20 or 2025-11-20T14:30:00Z") from None
+
+
+def checked_accounts(value: str | Path, source: str, error: type[PipelineError]) -> tuple[AccountConfig, ...]:
+    """Accounts from inline JSON or a .json/.toml file, or `error` saying what is wrong with `source`."""
+    from trading.accounts import load_accounts
+
+    try:
+        return load_accounts(value)
+    except json.JSONDecodeError as exc:
+        detail = f"not valid JSON: {exc}"
+    except OSError as exc:
+        detail = f"cannot read {exc.filename or value}: {exc.strerror or exc}"
+    except (ValueError, TypeError, KeyError) as exc:  # tomllib's errors are ValueErrors
+        detail = str(exc)
+    raise error(f"{source}: {detail}",
+                hint="inline JSON (a list of accounts) or the path of a .json or .toml file; see README")
+
+
 def load_bars(
     settings: Settings,
     *,
@@ -49,8 +75,8 @@ def load_bars(
     start: datetime | None,
     end: datetime | None,
     symbols: set[str] | None,
-) -> tuple[list[Bar], int]:
-    """Bars in replay order ((ts, revision), stable, exact repeats dropped) and the count rejected."""
+) -> tuple[list[Bar], list[Rejected]]:
+    """Bars in replay order ((ts, revision), stable, exact repeats dropped) and the rows rejected."""
     from connectors.replay import load_bar_file, prepare_bars, prepare_rows
 
     if bars_file is not None:
@@ -65,7 +91,7 @@ def load_bars(
         and (end is None or b.ts < end)
         and (symbols is None or b.symbol in symbols)
     ]
-    return bars, len(prep.rejected)
+    return bars, prep.rejected
 
 
 def _read_topic(settings: Settings, topic: str, record_type: type[Record]) -> list[Record]:
@@ -90,40 +116,52 @@ def load_news(settings: Settings, *, news_file: Path | None, topic: str | None) 
         return [r for r in _read_topic(settings, topic, ScoredNews) if isinstance(r, ScoredNews)]
     if news_file is None:
         return []
-    rows = [json.loads(line) for line in news_file.read_text("utf-8").splitlines() if line.strip()]
-    scored = [r for r in rows if "label" in r]
-    raw = [r for r in rows if "label" not in r]
-    out = [
-        ScoredNews(
-            id=r["id"],
-            ticker=r["ticker"],
-            tickers=list(r.get("tickers") or [r["ticker"]]),
-            label=r["label"],
-            score=float(r["score"]),
-            model=r.get("model", "file"),
-            published=_must_time(r["published"]),
-        )
-        for r in scored
-    ]
-    if raw:
+    out: list[ScoredNews] = []
+    items: list[NewsItem] = []
+    for number, line in enumerate(news_file.read_text("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if "label" in row:
+                out.append(_scored(row))
+            else:
+                items.append(_news_item(row))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise InputError(f"{news_file}:{number}: {what}",
+                             hint="one JSON object a line: a scored item (with label) or a raw one") from exc
+    if items:
         from streams.classifier import ClassifierConfig, build_classifier
         from trading.news import score_items
 
-        items = [
-            NewsItem(
-                id=r["id"],
-                feed=r.get("feed", "file"),
-                title=r.get("title", ""),
-                summary=_text(r.get("summary", "")),
-                link=r.get("link"),
-                published=_must_time(r["published"]),
-                fetched_at=_must_time(r.get("fetched_at") or r["published"]),
-            )
-            for r in raw
-        ]
         classifier = build_classifier(ClassifierConfig.from_settings(settings))
         out += score_items(items, classifier, settings.pipeline_symbols)
     return out
+
+
+def _scored(r: dict[str, Any]) -> ScoredNews:
+    return ScoredNews(
+        id=r["id"],
+        ticker=r["ticker"],
+        tickers=list(r.get("tickers") or [r["ticker"]]),
+        label=r["label"],
+        score=float(r["score"]),
+        model=r.get("model", "file"),
+        published=_must_time(r["published"]),
+    )
+
+
+def _news_item(r: dict[str, Any]) -> NewsItem:
+    return NewsItem(
+        id=r["id"],
+        feed=r.get("feed", "file"),
+        title=r.get("title", ""),
+        summary=_text(r.get("summary", "")),
+        link=r.get("link"),
+        published=_must_time(r["published"]),
+        fetched_at=_must_time(r.get("fetched_at") or r["published"]),
+    )
 
 
 def _text(html_or_text: str) -> str:
@@ -159,7 +197,19 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]
     return n
 
 
-def write_outputs(out: Path, result: BacktestResult, title: str) -> dict[str, Any]:
+def write_rejected(path: Path, rejected: Sequence[Rejected]) -> int:
+    """rejected.csv: the row's number in the file, the kind of reason, the reason, the raw row."""
+    from connectors.replay import FILE_COLUMNS
+
+    raw = list(dict.fromkeys([*FILE_COLUMNS, *(k for r in rejected for k in r.row)]))
+    rows = ({"row": r.number, "kind": r.label, "reason": r.reason, **r.row} for r in rejected)
+    return write_csv(path, ["row", "kind", "reason", *raw], rows)
+
+
+def write_outputs(
+    out: Path, result: BacktestResult, title: str, rejected: Sequence[Rejected] | None = None
+) -> dict[str, Any]:
+    """The result files; with `rejected` (rows of a bar file), rejected.csv and counts by reason too."""
     from schemas.records import Execution, Features, Recommendation
 
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +217,7 @@ def write_outputs(out: Path, result: BacktestResult, title: str) -> dict[str, An
     # them (a topic's partitions are read at uneven paces), one symbol's records in their own order
     by_time = attrgetter("ts", "symbol")
     features = sorted(result.features, key=by_time)
-    write_csv(out / "features.csv", Features.field_names(), (features_record(f).to_avro() for f in features))
+    write_csv(out / "features.csv", Features.field_names(), (f.to_avro() for f in features))
     signals = sorted(result.signals, key=by_time)
     write_csv(out / "signals.csv", Recommendation.field_names(), (r.to_avro() for r in signals))
     write_csv(out / "executions.csv", Execution.field_names(), (e.to_avro() for e in result.executions))
@@ -200,6 +250,12 @@ def write_outputs(out: Path, result: BacktestResult, title: str) -> dict[str, An
         "signals": len(result.signals),
         "executions": len(result.executions),
     }
+    if rejected is not None:
+        write_rejected(out / "rejected.csv", rejected)
+        by_reason = Counter(r.label for r in rejected)
+        if result.skipped_bars > len(rejected):  # out of order for the feature engine
+            by_reason["out of order or invalid for the features"] += result.skipped_bars - len(rejected)
+        summary["rejected_by_reason"] = dict(by_reason.most_common())
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
     write_html(
         out / "report.html",
@@ -226,6 +282,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{summary['bars_processed']} bars ({summary['bars_per_s'] or 0:,.0f} bars/s), "
         f"{summary['signals']} signals, {summary['executions']} executions"
     )
+    if summary.get("rejected_by_reason"):
+        console.print(f"{summary['bars_rejected']} row(s) rejected (see rejected.csv): "
+                      f"{counts_text(summary['rejected_by_reason'])}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -233,9 +292,13 @@ def register(app: typer.Typer) -> None:
     def backtest(
         ctx: typer.Context,
         out: Annotated[Path, typer.Option(help="Directory for the result files.")],
-        bars: Annotated[Path | None, typer.Option(help="Bar file (CSV or Parquet).")] = None,
+        bars: Annotated[
+            Path | None, typer.Option(help="Bar file (CSV or Parquet).", exists=True, dir_okay=False)
+        ] = None,
         topic: Annotated[str | None, typer.Option(help="Read bars from this topic instead.")] = None,
-        news: Annotated[Path | None, typer.Option(help="News JSONL (scored or raw items).")] = None,
+        news: Annotated[
+            Path | None, typer.Option(help="News JSONL (scored or raw items).", exists=True, dir_okay=False)
+        ] = None,
         news_topic: Annotated[str | None, typer.Option(help="Read scored news from this topic.")] = None,
         start: Annotated[str | None, typer.Option(help="Start (inclusive), ISO-8601; UTC if naive.")] = None,
         end: Annotated[str | None, typer.Option(help="End (exclusive).")] = None,
@@ -246,30 +309,28 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Run features, signals, gates, fills and positions over bars in-process (bar time as the clock)."""
-        from trading.accounts import accounts_from_settings, load_accounts
+        from trading.accounts import accounts_from_settings
         from trading.calendar import TradingCalendar
         from trading.signals import strategy_from_settings
 
         settings: Settings = ctx.obj
         if (bars is None) == (topic is None):
-            console.print("[red]give exactly one of --bars FILE or --topic TOPIC[/red]")
-            raise typer.Exit(2)
+            raise InputError("give exactly one of --bars FILE or --topic TOPIC",
+                             hint="see `ops-pipeline backtest --help`")
         configured = accounts_from_settings(settings)
         if accounts and Path(accounts).exists():
-            chosen = load_accounts(Path(accounts))
+            chosen = checked_accounts(Path(accounts), f"--accounts {accounts}", InputError)
         elif accounts:
             names = [a.strip() for a in accounts.split(",") if a.strip()]
             unknown = [n for n in names if n not in {a.name for a in configured}]
             if unknown:
-                console.print(
-                    f"[red]unknown account(s) {unknown}; configured: {[a.name for a in configured]}[/red]"
-                )
-                raise typer.Exit(2)
+                raise InputError(f"unknown account(s) {', '.join(unknown)}",
+                                 hint=f"configured: {', '.join(a.name for a in configured)}; or give a file")
             chosen = tuple(a for a in configured if a.name in names)
         else:
             chosen = configured
         wanted = {s.strip().upper() for s in symbols.split(",")} if symbols else None
-        lo, hi = _time(start), _time(end)
+        lo, hi = _option_time("--start", start), _option_time("--end", end)
         bar_list, rejected = load_bars(
             settings, bars_file=bars, topic=topic, start=lo, end=hi, symbols=wanted
         )
@@ -296,9 +357,10 @@ def register(app: typer.Typer) -> None:
 
             result = bt.run(bar_list, progress=tick)
             progress.update(task, completed=len(bar_list), rate=f"{result.bars_per_s or 0:,.0f} bars/s")
-        result.skipped_bars += rejected
-        summary = write_outputs(out, result, f"ops-pipeline backtest ({len(bar_list)} bars)")
+        result.skipped_bars += len(rejected)
+        summary = write_outputs(out, result, f"ops-pipeline backtest ({len(bar_list)} bars)", rejected)
         print_summary(summary)
         console.print(
-            f"wrote {out}/: features.csv signals.csv executions.csv trades.csv summary.json report.html"
+            f"wrote {out}/: features.csv signals.csv executions.csv trades.csv rejected.csv summary.json "
+            "report.html"
         )

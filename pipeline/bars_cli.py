@@ -1,10 +1,11 @@
-"""`ops-pipeline backfill` and `ops-pipeline replay`, added to the CLI through COMMAND_MODULES."""
+"""`ops-pipeline backfill` and `ops-pipeline replay`: bars published after the fact, from Alpaca REST
+or from a file, a topic range or Postgres; `register(app)` adds them to the CLI."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,14 +22,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from opsinfra.errors import ConfigError, PipelineError
+from opsinfra.endpoints import resolve
+from opsinfra.errors import InputError
 from opsinfra.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
 
 
-def parse_when(text: str, *, end: bool = False) -> datetime:
+def parse_when(text: str, *, end: bool = False, option: str = "--start") -> datetime:
     """ISO-8601 with an offset (none means UTC); a bare date is that day's start, or for an end,
     the next day's start (so `--end 2026-11-20` includes the whole day)."""
     value = text.strip()
@@ -39,25 +41,23 @@ def parse_when(text: str, *, end: bool = False) -> datetime:
             return ts + timedelta(days=1) if end else ts
         ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(f"not an ISO-8601 date or time: {text!r}") from None
+        raise InputError(f"{option}: not an ISO-8601 date or time: {text!r}",
+                         hint="e.g. 2025-11-20 or 2025-11-20T14:30:00Z") from None
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _settings(ctx: typer.Context) -> Settings:
     settings = ctx.obj
     if not isinstance(settings, Settings):  # called outside `ops-pipeline`
-        settings = Settings()
+        settings = Settings.from_env()
     return settings
 
 
-def _endpoints(settings: Settings, **kwargs: Any) -> Any:
-    from opsinfra import endpoints as runtime
-
-    try:
-        return runtime.resolve(settings, **kwargs)
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+def _range(start: str, end: str) -> tuple[datetime, datetime]:
+    t0, t1 = parse_when(start), parse_when(end, end=True, option="--end")
+    if t1 <= t0:
+        raise InputError("--end must be after --start", hint="a date as --end includes that whole day")
+    return t0, t1
 
 
 class RateColumn(ProgressColumn):
@@ -80,32 +80,26 @@ def backfill_command(
     from connectors.backfill import backfill
     from connectors.credentials import CredentialSource
     from connectors.intake import ProducerSink
-    from connectors.topic_tail import read_range
+    from connectors.topic_tail import bars_in_range
     from schemas.codec import make_codec
     from schemas.topic_io import RecordProducer
     from schemas.topics import BARS
     from trading.calendar import TradingCalendar
 
     settings = _settings(ctx)
-    t0, t1 = parse_when(start), parse_when(end, end=True)
-    if t1 <= t0:
-        raise typer.BadParameter("--end must be after --start")
+    t0, t1 = _range(start, end)
     syms = tuple(s.strip().upper() for s in symbols.split(",") if s.strip()) if symbols \
         else settings.pipeline_symbols
-    ep = _endpoints(settings, need_db=False)
+    ep = resolve(settings, need_db=False)
     codec = make_codec(ep.schema_registry_url)
-    try:
-        creds = CredentialSource.from_settings(settings).load(reason="backfill")
-        history = AlpacaBarHistory(creds, feed=settings.alpaca_feed, url=settings.alpaca_data_url)
-        existing = read_range(settings, ep.kafka_bootstrap_servers, codec,
-                              settings.topic(BARS.name), t0, t1, symbols=set(syms))
-        with RecordProducer(settings, ep.kafka_bootstrap_servers, codec) as producer:
-            result = backfill(symbols=syms, start=t0, end=t1, existing=existing, history=history,
-                              sink=ProducerSink(producer, stage="backfill"), calendar=TradingCalendar.xnys(),
-                              now=datetime.now(UTC))
-    except PipelineError as exc:
-        err_console.print(f"[red]backfill failed:[/red] {exc}")
-        raise typer.Exit(1) from None
+    creds = CredentialSource.from_settings(settings).load(reason="backfill")
+    history = AlpacaBarHistory(creds, feed=settings.alpaca_feed, url=settings.alpaca_data_url)
+    existing = bars_in_range(settings, ep.kafka_bootstrap_servers, codec,
+                             settings.topic(BARS.name), t0, t1, symbols=set(syms))
+    with RecordProducer(settings, ep.kafka_bootstrap_servers, codec) as producer:
+        result = backfill(symbols=syms, start=t0, end=t1, existing=existing, history=history,
+                          sink=ProducerSink(producer, stage="backfill"), calendar=TradingCalendar.xnys(),
+                          now=datetime.now(UTC))
     table = Table(title=f"backfill {result.start.isoformat()} .. {result.end.isoformat()} "
                         f"(feed {settings.alpaca_feed})")
     for col in ("symbol", "session minutes", "on topic", "filled", "no trades (not gaps)"):
@@ -140,47 +134,43 @@ def replay_command(
     """Publish bars to market.bars.1m in (ts, revision) order, from a file, a topic or Postgres."""
     from connectors import replay as rp
     from connectors.intake import BarIntake, ProducerSink
-    from connectors.topic_tail import read_range
+    from connectors.topic_tail import bars_in_range
     from schemas.codec import make_codec
     from schemas.topic_io import RecordProducer
     from schemas.topics import BARS
 
     settings = _settings(ctx)
+    usage = "see `ops-pipeline replay --help`"
     if sum((bars is not None, from_topic is not None, from_postgres)) != 1:
-        raise typer.BadParameter("give exactly one of --bars, --from-topic, --from-postgres")
+        raise InputError("give exactly one of --bars, --from-topic, --from-postgres", hint=usage)
     try:
         pace = rp.parse_speed(speed)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise InputError(f"--speed: {exc}", hint=usage) from None
     prefix = settings.pipeline_topic_prefix if topic_prefix is None else topic_prefix
     if prefix and not all(c.isalnum() or c in "._-" for c in prefix):
-        raise typer.BadParameter("--topic-prefix may hold only letters, digits, '.', '_', '-'")
+        raise InputError("--topic-prefix may hold only letters, digits, '.', '_', '-'", hint=usage)
     destination = prefix + BARS.name
     t0 = t1 = None
     if bars is None:
         if start is None or end is None:
-            raise typer.BadParameter("--from-topic and --from-postgres need --start and --end")
-        t0, t1 = parse_when(start), parse_when(end, end=True)
+            raise InputError("--from-topic and --from-postgres need --start and --end", hint=usage)
+        t0, t1 = _range(start, end)
     if from_topic is not None and from_topic == destination:
-        raise typer.BadParameter(f"{from_topic} is also the destination; use --topic-prefix")
-    ep = _endpoints(settings, need_db=from_postgres)
+        raise InputError(f"{from_topic} is also the destination", hint="publish under another --topic-prefix")
+    ep = resolve(settings, need_db=from_postgres)
     codec = make_codec(ep.schema_registry_url)
-    try:
-        if bars is not None:
-            origin = f"replay:{bars.name}"
-            prep = rp.prepare_rows(rp.load_bar_file(bars))
-        elif from_topic is not None:
-            assert t0 is not None and t1 is not None
-            origin = f"replay:{from_topic}"
-            prep = rp.prepare_bars(read_range(settings, ep.kafka_bootstrap_servers, codec,
-                                              from_topic, t0, t1))
-        else:
-            assert t0 is not None and t1 is not None
-            origin = "replay:lane_telemetry"
-            prep = rp.prepare_rows(rp.read_postgres(ep.database_url, t0, t1))
-    except (ValueError, OSError, PipelineError) as exc:
-        err_console.print(f"[red]replay failed:[/red] {exc}")
-        raise typer.Exit(1) from None
+    if bars is not None:
+        origin = f"replay:{bars.name}"
+        prep = rp.prepare_rows(rp.load_bar_file(bars))
+    elif from_topic is not None:
+        assert t0 is not None and t1 is not None
+        origin = f"replay:{from_topic}"
+        prep = rp.prepare_bars(bars_in_range(settings, ep.kafka_bootstrap_servers, codec, from_topic, t0, t1))
+    else:
+        assert t0 is not None and t1 is not None
+        origin = "replay:lane_telemetry"
+        prep = rp.prepare_rows(rp.read_postgres(ep.database_url, t0, t1))
     with RecordProducer(settings, ep.kafka_bootstrap_servers, codec, prefix=prefix) as producer:
         intake = BarIntake(ProducerSink(producer, stage="replay"), symbols=None)
         progress = Progress(
@@ -194,7 +184,9 @@ def replay_command(
                                 on_progress=lambda n: progress.advance(task, n))
     console.print(f"replayed {report.published} bar(s) to {destination} at speed {speed}; "
                   f"{report.repeats} exact repeat(s) skipped; {report.rejected} row(s) rejected "
-                  f"to {prefix + BARS.dlq.name}")
+                  f"to {prefix + BARS.dlq.name}"
+                  + (f": {rp.counts_text(report.rejected_by_reason)}" if report.rejected else ""),
+                  soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,6 @@
-"""The `ops-pipeline` command: settings are built here, once, and passed down."""
+"""The `ops-pipeline` command: settings are built here, once, and passed down; any error a user
+meets ends here as one line, `error: <what> (<what to do>)`, exit 2 (configuration or input) or 1.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from opsinfra.errors import ConfigError, PipelineError
+from opsinfra.endpoints import resolve
+from opsinfra.errors import ConfigError, InputError, PipelineError
 from opsinfra.settings import Settings, redact_url
 from pipeline import backtest_cli, bars_cli, explain
+from pipeline.boundary import Shell
 from pipeline.provision import admin_client, provision
 from schemas.topics import ALL_TOPICS
 
@@ -25,11 +28,11 @@ app = typer.Typer(
     help="Event-streaming trading pipeline on a Kafka-compatible broker.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=Shell,
 )
 topics_app = typer.Typer(help="List, create and describe the contract topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 console = Console(stderr=False)
-err_console = Console(stderr=True)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -44,29 +47,20 @@ def _main(
     data_dir: Annotated[
         Path | None, typer.Option(help="Overrides PIPELINE_DATA_DIR.", show_default=False)
     ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, print its traceback too (as LOG_LEVEL=DEBUG does).")
+    ] = False,
 ) -> None:
     from opsinfra import logs
 
     overrides: dict[str, Any] = {}
     if data_dir is not None:
         overrides["pipeline_data_dir"] = data_dir
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        err_console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    settings = Settings.from_env(**overrides)
     logs.configure(settings.log_level, settings.log_json)
     ctx.obj = settings
-
-
-def _endpoints(settings: Settings, **kwargs: Any) -> Any:
-    from opsinfra import endpoints as runtime
-
-    try:
-        return runtime.resolve(settings, **kwargs)
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    if settings.pipeline_accounts:  # every stage reads it: refuse a bad one before any starts
+        backtest_cli.checked_accounts(settings.pipeline_accounts, "PIPELINE_ACCOUNTS", ConfigError)
 
 
 def _print_services(state_bootstrap: str, database_url: str, settings: Settings, title: str) -> None:
@@ -122,11 +116,7 @@ def up(ctx: typer.Context) -> None:
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         database_url=settings.database_url.get_secret_value() if settings.database_url else None,
     )
-    try:
-        services.start()
-    except PipelineError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    services.start()
     try:
         created, applied = provision(
             settings,
@@ -151,7 +141,7 @@ def topics_list(ctx: typer.Context) -> None:
     from opsinfra.kafka_admin import list_topics
 
     settings = _settings(ctx)
-    ep = _endpoints(settings, need_db=False)
+    ep = resolve(settings, need_db=False)
     found = list_topics(admin_client(settings, ep.kafka_bootstrap_servers))
     contract = {settings.pipeline_topic_prefix + t.name: t for t in ALL_TOPICS}
     table = Table(title=f"topics on {ep.kafka_bootstrap_servers}")
@@ -173,7 +163,7 @@ def topics_create(ctx: typer.Context) -> None:
     from opsinfra.kafka_admin import create_topics
 
     settings = _settings(ctx)
-    ep = _endpoints(settings, need_db=False)
+    ep = resolve(settings, need_db=False)
     created = create_topics(
         admin_client(settings, ep.kafka_bootstrap_servers), ALL_TOPICS, prefix=settings.pipeline_topic_prefix
     )
@@ -189,13 +179,9 @@ def topics_describe(
     from opsinfra.kafka_admin import describe_topics
 
     settings = _settings(ctx)
-    ep = _endpoints(settings, need_db=False)
+    ep = resolve(settings, need_db=False)
     wanted = names or [settings.pipeline_topic_prefix + t.name for t in ALL_TOPICS]
-    try:
-        infos = describe_topics(admin_client(settings, ep.kafka_bootstrap_servers), wanted)
-    except PipelineError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    infos = describe_topics(admin_client(settings, ep.kafka_bootstrap_servers), wanted)
     table = Table()
     for col in ("topic", "partitions", "retention.ms", "cleanup.policy"):
         table.add_column(col)
@@ -215,7 +201,7 @@ def migrate(ctx: typer.Context) -> None:
     from db import migrate as m
 
     settings = _settings(ctx)
-    ep = _endpoints(settings, need_kafka=False)
+    ep = resolve(settings, need_kafka=False)
     applied = m.apply(ep.database_url)
     if not applied:
         console.print("migrations: nothing to do (database is up to date)")
@@ -236,53 +222,48 @@ def run(
     settings = _settings(ctx)
     names = [n.strip() for n in only.split(",") if n.strip()] if only else sorted(stages.STAGES)
     if not names:
-        err_console.print("no stages are registered yet")
-        raise typer.Exit(2)
+        raise ConfigError("no stages are registered")
     unknown = [n for n in names if n not in stages.STAGES]
     if unknown:
-        err_console.print(
-            f"[red]unknown stage(s): {', '.join(unknown)}[/red]; known: {', '.join(sorted(stages.STAGES))}"
-        )
-        raise typer.Exit(2)
-    endpoints = _endpoints(settings)
+        raise InputError(f"unknown stage(s): {', '.join(unknown)}",
+                         hint=f"known: {', '.join(sorted(stages.STAGES))}")
+    endpoints = resolve(settings)
     if len(names) == 1:
-        stop = threading.Event()
-        worker = threading.Thread(
-            target=_run_stage, args=(names[0], settings, endpoints, stop), name=names[0], daemon=True
-        )
-        server = _metrics_server(settings, names[0], worker)
-        worker.start()
-        try:
-            _wait_for_signal_or(worker)
-            stop.set()
-            worker.join(60)
-        finally:
-            if server is not None:
-                server.stop()
-        if _stage_errors:
-            raise typer.Exit(2 if isinstance(_stage_errors[0], ConfigError) else 1)
+        _run_one(names[0], settings, endpoints)
         return
     from pipeline.supervisor import supervise
 
     raise typer.Exit(supervise(names, settings))
 
 
-_stage_errors: list[BaseException] = []
-
-
-def _run_stage(name: str, settings: Settings, endpoints: Any, stop: threading.Event) -> None:
-    import structlog
-
+def _run_one(name: str, settings: Settings, endpoints: Any) -> None:
+    """The stage in a thread until a signal or its end; what it raised is raised here, for the boundary."""
     from pipeline import stages
 
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            stages.load(name)(settings, endpoints, stop)
+        except BaseException as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    server = _metrics_server(settings, name, worker)
+    worker.start()
     try:
-        stages.load(name)(settings, endpoints, stop)
-    except ConfigError as exc:
-        err_console.print(f"[red]stage {name}: configuration error:[/red] {exc}")
-        _stage_errors.append(exc)
-    except BaseException as exc:
-        structlog.get_logger(__name__).exception("stage crashed", stage=name)
-        _stage_errors.append(exc)
+        _wait_for_signal_or(worker)
+        stop.set()
+        worker.join(60)
+    finally:
+        if server is not None:
+            server.stop()
+    if failed:
+        exc = failed[0]
+        if isinstance(exc, PipelineError):
+            raise exc
+        raise PipelineError(f"stage {name} crashed: {type(exc).__name__}: {exc}") from exc
 
 
 def _metrics_server(settings: Settings, name: str, worker: threading.Thread) -> Any:
@@ -324,7 +305,7 @@ def status(
     from pipeline.status import collect
 
     settings = _settings(ctx)
-    report = collect(settings, _endpoints(settings))
+    report = collect(settings, resolve(settings))
     if as_json:
         console.print_json(_json.dumps(report.to_json()))
     else:
@@ -399,13 +380,7 @@ def demo(ctx: typer.Context) -> None:
     """Run every stage over the bundled sample session, summarise, report, check against a backtest."""
     from pipeline.demo import run_demo
 
-    settings = _settings(ctx)
-    try:
-        code = run_demo(settings, console)
-    except PipelineError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
+    raise typer.Exit(run_demo(_settings(ctx), console))
 
 
 for _commands in (bars_cli, explain, backtest_cli):  # each adds its commands: register(app)
@@ -413,11 +388,7 @@ for _commands in (bars_cli, explain, backtest_cli):  # each adds its commands: r
 
 
 def main() -> None:
-    try:
-        app()
-    except ConfigError as exc:
-        err_console.print(f"[red]configuration error:[/red] {exc}")
-        sys.exit(2)
+    app()  # errors are reported by _Shell
 
 
 if __name__ == "__main__":

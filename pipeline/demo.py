@@ -1,20 +1,14 @@
-"""`ops-pipeline demo`: the whole pipeline over the bundled sample session, on the embedded default.
-
-Starts (or finds) the broker and PostgreSQL, provisions them, starts every stage as its own process
-with bar time as the clock, replays the session's news and then its bars, waits until every
-consumer group has committed everything and the sink has written everything, prints a summary,
-writes the session's report, checks that an in-process backtest of the same bars and news makes
-the same decisions, stops everything and exits 0 (1 if anything disagreed).
+"""`ops-pipeline demo`: the whole pipeline over the bundled sample session on the embedded default,
+every stage its own process on bar time, then a summary, the runbook checks, the session's report
+and a parity check against an in-process backtest (exit 1 if anything disagreed).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
+from collections.abc import Iterable
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
@@ -28,10 +22,13 @@ from opsinfra.embedded import EmbeddedServices, EmbeddedState
 from opsinfra.errors import PipelineError
 from opsinfra.kafka_io import read_to_end, true_end_offsets
 from opsinfra.settings import Settings, redact_url
+from pipeline.runbook import LiveRecords, decision_checks
+from pipeline.supervisor import StageProcesses
 from schemas.codec import make_codec
-from schemas.records import NewsItem
+from schemas.records import Execution, NewsItem
 from schemas.topic_io import RecordProducer
 from schemas.topics import ALL_TOPICS, NEWS_RAW, NEWS_SCORED
+from trading.accounts import accounts_from_settings
 
 SESSION_DIR = Path("data/sample_session")
 STAGES = ("features", "classifier", "signals", "dispatch", "positions", "watchlist", "sink")
@@ -74,43 +71,6 @@ def _news_items(path: Path) -> list[NewsItem]:
     return items
 
 
-class Stages:
-    """Every stage as `ops-pipeline run --only NAME`, logs to files, stopped with SIGTERM."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, names: tuple[str, ...]) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "run", "--only", name],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            log.close()
-
-    def dead(self) -> list[str]:
-        return [n for n, p in self.procs.items() if p.poll() is not None]
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
 def _committed(settings: Settings, bootstrap: str, topics: set[str]) -> dict[str, dict[tuple[str, int], int]]:
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
@@ -141,7 +101,7 @@ def wait_drained(
     settings: Settings,
     bootstrap: str,
     database_url: str,
-    stages: Stages,
+    stages: StageProcesses,
     console: Console,
     timeout_s: float = 240.0,
 ) -> float:
@@ -179,7 +139,9 @@ def wait_drained(
     raise PipelineError(f"not drained after {timeout_s:.0f}s (see the stage logs in {stages.log_dir})")
 
 
-def _summary(database_url: str, console: Console) -> dict[str, Any]:
+def _summary(
+    database_url: str, console: Console, live: LiveRecords, accounts: Iterable[str]
+) -> dict[str, Any]:
     with psycopg.connect(database_url) as conn:
 
         def one(q: str) -> int:
@@ -202,10 +164,11 @@ def _summary(database_url: str, console: Console) -> dict[str, Any]:
             "SELECT account_name, status, count(*) FROM dispatch_executions GROUP BY 1, 2 ORDER BY 1, 2"
         ).fetchall()
         processing = one("SELECT count(*) FROM dispatch_recommendations WHERE status = 'PROCESSING'")
-        twice = one(
-            "SELECT count(*) FROM (SELECT recommendation_id, account_name FROM dispatch_executions "
-            "GROUP BY 1, 2 HAVING count(*) > 1) d"
-        )
+        rec_rows = {str(i) for (i,) in conn.execute("SELECT recommendation_id FROM dispatch_recommendations")}
+        exec_rows = {
+            (str(i), a)
+            for i, a in conn.execute("SELECT recommendation_id, account_name FROM dispatch_executions")
+        }
         no_bar = one(
             "SELECT count(*) FROM dispatch_executions WHERE sim_json->'bar_used'->>'timestamp' IS NULL"
         )
@@ -229,10 +192,12 @@ def _summary(database_url: str, console: Console) -> dict[str, Any]:
     console.print(e)
     runbook = {
         "status PROCESSING": processing,
-        "two executions per (recommendation, account)": twice,
         "executions without sim_json.bar_used.timestamp": no_bar,
+        **decision_checks(live.executions, live.signals, accounts, rec_rows, exec_rows),
     }
-    console.print("runbook checks: " + ", ".join(f"{k}: {v}" for k, v in runbook.items()))
+    console.print("runbook checks (each 0 on a correct run):")
+    for k, v in runbook.items():
+        console.print(f"  {k}: {v}")
     return {
         "counts": counts,
         "recommendations": dict(recs),
@@ -279,7 +244,7 @@ def run_demo(settings: Settings, console: Console) -> int:
             PIPELINE_TOPIC_PREFIX=settings.pipeline_topic_prefix,
             PIPELINE_DATA_DIR=str(settings.pipeline_data_dir),
         )
-        stages = Stages(env, settings.pipeline_data_dir / "logs")
+        stages = StageProcesses(env, log_dir=settings.pipeline_data_dir / "logs", own_session=True)
         stack.callback(stages.stop)
         stages.start(STAGES)
         console.print(f"started {len(STAGES)} stages ({', '.join(STAGES)}); logs in {stages.log_dir}")
@@ -304,9 +269,11 @@ def run_demo(settings: Settings, console: Console) -> int:
         )
         waited = wait_drained(settings, bootstrap, db, stages, console)
         console.print(f"drained in {waited:.0f}s")
-        summary = _summary(db, console)
+        live = LiveRecords.read(settings, bootstrap, codec)
+        accounts = accounts_from_settings(settings)
+        summary = _summary(db, console, live, [a.name for a in accounts])
         out = Path("reports") / "demo"
-        parity = _report_and_parity(settings, bootstrap, codec, prep.bars, out, console)
+        parity = _report_and_parity(settings, live, prep.bars, out, console)
         summary["parity"] = parity
         (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         ok = parity["identical"] and not any(summary["runbook"].values())
@@ -319,7 +286,7 @@ def run_demo(settings: Settings, console: Console) -> int:
 
 
 def _wait_scored(
-    settings: Settings, bootstrap: str, ids: set[str], stages: Stages, timeout_s: float = 180
+    settings: Settings, bootstrap: str, ids: set[str], stages: StageProcesses, timeout_s: float = 180
 ) -> None:
     from opsinfra.errors import DecodeError
     from schemas.codec import decode
@@ -343,34 +310,19 @@ def _wait_scored(
 
 
 def _report_and_parity(
-    settings: Settings, bootstrap: str, codec: Any, bars: list[Any], out: Path, console: Console
+    settings: Settings, live: LiveRecords, bars: list[Any], out: Path, console: Console
 ) -> dict[str, Any]:
     """The session's report from the live executions, and the same session backtested in-process."""
     from pipeline.backtest_cli import print_summary, write_outputs
-    from schemas.records import Execution, Recommendation, ScoredNews
-    from schemas.topic_io import read_records
-    from schemas.topics import EXECUTIONS, SIGNALS
-    from trading.accounts import accounts_from_settings
     from trading.backtest import Backtester
     from trading.calendar import TradingCalendar
     from trading.signals import strategy_from_settings
-
-    def records(spec: Any) -> list[Any]:
-        return [
-            r
-            for _, r in read_records(settings, bootstrap, codec, spec, quiet_s=0.3)
-            if not isinstance(r, Exception)
-        ]
-
-    live_execs: list[Execution] = records(EXECUTIONS)
-    live_signals: list[Recommendation] = records(SIGNALS)
-    scored: list[ScoredNews] = records(NEWS_SCORED)
 
     calendar = TradingCalendar()
     if bars:
         calendar.session(bars[0].ts.date())  # load it before the backtest's clock starts
     bt = Backtester(accounts_from_settings(settings), calendar, strategy_from_settings(settings))
-    bt.add_news(scored)
+    bt.add_news(live.scored)
     result = bt.run(bars)
     summary = write_outputs(out, result, "ops-pipeline demo: the sample session (backtest of the same bars)")
     print_summary(summary)
@@ -387,24 +339,24 @@ def _report_and_parity(
             )
         return final
 
-    live, replayed = decisions(live_execs), decisions(result.executions)
-    sig_live = {(r.id, r.action, round(r.confidence, 12)) for r in live_signals}
+    decided, replayed = decisions(live.executions), decisions(result.executions)
+    sig_live = {(r.id, r.action, round(r.confidence, 12)) for r in live.signals}
     sig_bt = {(r.id, r.action, round(r.confidence, 12)) for r in result.signals}
-    identical = live == replayed and sig_live == sig_bt
+    identical = decided == replayed and sig_live == sig_bt
     console.print(
         f"live vs in-process backtest of the same session: {len(sig_live)} vs {len(sig_bt)} recommendations, "
-        f"{len(live)} vs {len(replayed)} decisions: "
+        f"{len(decided)} vs {len(replayed)} decisions: "
         + ("[green]identical[/green]" if identical else "[red]DIFFERENT[/red]")
     )
     if not identical:
-        diff = sorted(set(live.items()) ^ set(replayed.items()))[:5]
+        diff = sorted(set(decided.items()) ^ set(replayed.items()))[:5]
         console.print(f"first differences: {diff}")
     console.print(
         f"report: {out / 'report.html'} (and features/signals/executions/trades CSVs, summary.json)"
     )
     return {
         "identical": identical,
-        "live_decisions": len(live),
+        "live_decisions": len(decided),
         "backtest_decisions": len(replayed),
         "live_recommendations": len(sig_live),
         "backtest_recommendations": len(sig_bt),

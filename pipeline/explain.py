@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from opsinfra.endpoints import resolve
-from opsinfra.errors import ConfigError
+from opsinfra.errors import InputError, PipelineError
 from trading.calendar import NEW_YORK
 from trading.clock import MINUTE
 
@@ -190,13 +190,9 @@ def explain_command(
     try:
         uuid.UUID(recommendation_id)
     except ValueError:
-        Console(stderr=True).print(f"[red]not a recommendation id:[/red] {recommendation_id!r}")
-        raise typer.Exit(2) from None
-    try:
-        endpoints = resolve(ctx.obj, need_kafka=False)
-    except ConfigError as exc:
-        Console(stderr=True).print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise InputError(f"not a recommendation id: {recommendation_id!r}",
+                         hint="give the id of a signal or an exit, a UUID") from None
+    endpoints = resolve(ctx.obj, need_kafka=False)
     with psycopg.connect(endpoints.database_url) as conn:
         ex = load(conn, recommendation_id, news_window=timedelta(minutes=news_minutes))
     if as_json:
@@ -204,8 +200,8 @@ def explain_command(
     else:
         render(ex, console)
     if not ex.found:
-        Console(stderr=True).print(f"[yellow]recommendation {recommendation_id} not found[/yellow]")
-        raise typer.Exit(1)
+        raise PipelineError(f"recommendation {recommendation_id} not found",
+                            hint="is the sink writing to this database? see `ops-pipeline status`")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,10 +24,23 @@ from schemas.records import Record
 
 R = TypeVar("R", bound=Record)
 Headers = list[tuple[str, bytes]]
+RawHeaders = Sequence[tuple[str, bytes | None]]  # as a consumer hands them over: values may be None
 
 SCHEMA_HEADER = "ops.schema"
 VERSION_HEADER = "ops.schema.version"
 CONFLUENT_MAGIC = 0
+
+
+def header_pairs(raw: Any) -> RawHeaders:
+    """A message's headers as (name, value) pairs, whichever shape the client handed them over in
+    (a list, a tuple, a mapping or None). Pairs come back as they are, not copied: the features
+    agent calls this for every bar."""
+    if not raw:
+        return ()
+    if isinstance(raw, Mapping):
+        return list(raw.items())
+    pairs: RawHeaders = raw
+    return pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +65,11 @@ class AvroSchema:
 
 
 class SchemaSet:
-    """The current schema of every record, plus the older versions kept in `history/`."""
+    """The current schema of every record, plus every released version kept in `history/`."""
 
     def __init__(self, current: dict[str, AvroSchema], history: Sequence[AvroSchema] = ()):
         self.current = current
+        self.history = tuple(history)  # every released version, the current ones included
         self._versions = {(s.name, s.version): s for s in history}
         self._versions.update({(s.name, s.version): s for s in current.values()})
 

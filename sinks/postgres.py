@@ -7,7 +7,6 @@ Prometheus metrics (stage "sink") move when a batch commits; lag comes from libr
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import psycopg
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from opsinfra.backoff import Backoff
 from opsinfra.endpoints import Endpoints
 from opsinfra.errors import ConfigError, DecodeError, SinkError
 from opsinfra.kafka_config import consumer_config
@@ -69,18 +69,6 @@ class SinkStats:
     outages: int = 0  # database or DLQ failures survived
     first_record_at: float | None = None  # time.monotonic()
     last_commit_at: float | None = None
-
-
-class Backoff:
-    """Capped exponential backoff with jitter, so restarted sinks do not retry in lockstep."""
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self.initial, self.cap, self.attempt = initial, cap, 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.initial * 2**self.attempt)
-        self.attempt += 1
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
 
 
 class _Stopping(Exception):
@@ -368,7 +356,8 @@ class PostgresSink:
         return self.metrics.librdkafka_stats(STAGE, self.config.stats_interval_ms)
 
     def _retrying(self, stop: threading.Event, what: str, fn: Callable[[], T]) -> T:
-        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
+        # the first retry waits up to backoff_initial_s, each next one up to twice the last
+        backoff = Backoff(floor=self.config.backoff_initial_s / 2, cap=self.config.backoff_max_s)
         while True:
             try:
                 return fn()

@@ -10,7 +10,6 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -19,6 +18,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict
 
 from opsinfra.errors import ConfigError, DecodeError, PipelineError, SinkError
+from schemas.dead_letters import dead_letter
 from schemas.records import DeadLetter
 from sinks.tables import SINK_TABLES, TABLES, Row, TableSpec
 
@@ -63,17 +63,16 @@ class WriteReport:
 
 def letter(msg: Any, exc: BaseException, stage: str) -> DeadLetter:
     """A DeadLetter for a confluent-kafka message (or anything with the same accessors)."""
-    return DeadLetter(
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        original_key=msg.key(),
-        value=msg.value(),
-        headers={k: v or b"" for k, v in msg.headers() or ()},
+    return dead_letter(
+        msg.topic(),
+        stage=stage,
         error=exc.reason if isinstance(exc, DecodeError) else str(exc),  # origin has its fields
         error_type=type(exc).__name__,
-        stage=stage,
-        failed_at=datetime.now(UTC),
+        key=msg.key(),
+        value=msg.value(),
+        headers=msg.headers(),
+        partition=msg.partition(),
+        offset=msg.offset(),
     )
 
 

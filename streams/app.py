@@ -1,9 +1,5 @@
-"""Builds the faust app explicitly (no module-level app, no autodiscovery) and runs it.
-
-Agents live in their own modules as `register(app: PipelineApp) -> None`; `create_app` calls
-the ones it is given. Transport is `kafka://` (aiokafka), processing at least once; values and
-keys travel as raw bytes and are decoded by our codec in batches, so bad input can go to a DLQ.
-Every app reports to the process's Prometheus metrics through a StageMonitor (streams.monitor).
+"""The faust app, built explicitly (no module-level app, no autodiscovery), and the pieces every
+stage shares: its agents' event I/O, one helper that adds a batched agent and one that runs a stage.
 """
 
 from __future__ import annotations
@@ -12,33 +8,28 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
 import faust
 
 from opsinfra.endpoints import Endpoints
+from opsinfra.errors import DecodeError
 from opsinfra.kafka_config import faust_broker_url, faust_credentials
 from opsinfra.metrics import Metrics
 from opsinfra.metrics import metrics as process_metrics
 from opsinfra.settings import Settings
-from schemas.codec import Codec, make_codec
-from schemas.records import DeadLetter
+from schemas.codec import Codec, decode, header_pairs, make_codec
+from schemas.dead_letters import dead_letter
+from schemas.records import Record
+from schemas.topic_io import read_records
 from schemas.topics import DLQ_SUFFIX, SYMBOL_PARTITIONS, TopicSpec
 from streams.monitor import StageMonitor, stage_of
 
 log = logging.getLogger(__name__)
-
-
-def event_headers(raw: Any) -> list[tuple[str, bytes]]:
-    """A message's headers as (name, bytes) pairs, whichever shape the client handed them over in."""
-    if not raw:
-        return []
-    pairs: Iterable[tuple[str, Any]] = raw.items() if isinstance(raw, Mapping) else raw
-    return [(str(k), bytes(v) if v is not None else b"") for k, v in pairs]
 
 
 @dataclass
@@ -78,7 +69,7 @@ class PipelineApp:
         Counted as sent: the caller sends it or crashes the stage."""
         dlq = self.settings.topic(spec.dlq.name)
         encoded, codec_headers = self._encode_dead_letter(
-            dlq, self.settings.topic(spec.name), partition, offset, key, value, headers or {}, error, stage
+            dlq, self.settings.topic(spec.name), partition, offset, key, value, headers, error, stage
         )
         return key or b"", encoded, codec_headers
 
@@ -92,9 +83,8 @@ class PipelineApp:
         log.warning("%s: %s[%s]@%s to the DLQ: %s", stage, msg.topic, msg.partition, msg.offset, error)
         dlq = msg.topic + DLQ_SUFFIX
         value, headers = self._encode_dead_letter(
-            dlq, msg.topic, msg.partition, msg.offset, event.key, event.value,
-            dict(event_headers(msg.headers)), error, stage,
-        )  # fmt: skip
+            dlq, msg.topic, msg.partition, msg.offset, event.key, event.value, msg.headers, error, stage
+        )
         fut: Awaitable[Any] = await self.app.producer.send(
             dlq, event.key or b"", value, None, None, headers + list(extra_headers)
         )
@@ -108,24 +98,16 @@ class PipelineApp:
         offset: int | None,
         key: bytes | None,
         value: bytes | None,
-        headers: dict[str, bytes],
+        headers: Any,
         error: BaseException | str,
         stage: str,
     ) -> tuple[bytes, list[tuple[str, bytes]]]:
         """The DeadLetter's bytes and codec headers (the schema name and version in header
         framing: keep them), counted as sent: the caller sends it or crashes the stage."""
-        letter = DeadLetter(
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            original_key=key,
-            value=value,
-            headers=headers,
-            error=str(error),
-            error_type=type(error).__name__ if isinstance(error, BaseException) else "Invalid",
-            stage=stage,
-            failed_at=datetime.now(UTC),
-        )
+        letter = dead_letter(
+            topic, stage=stage, error=error, key=key, value=value, headers=headers,
+            partition=partition, offset=offset,
+        )  # fmt: skip
         encoded, codec_headers = self.codec.encode(dlq, letter)
         self.count_dead_letter(dlq, letter.error_type)
         return encoded, codec_headers
@@ -137,7 +119,7 @@ class PipelineApp:
         self.metrics.dead_lettered(self.stage, dlq_topic, kind)
 
 
-AgentRegistrar = Callable[[PipelineApp], None]
+AgentRegistrar = Callable[[PipelineApp], object]
 
 
 def create_app(
@@ -191,6 +173,107 @@ def create_app(
     return papp
 
 
+class EventIO:
+    """Decoding, sending and dead-lettering for an agent, with the codec's headers kept."""
+
+    def __init__(self, papp: PipelineApp, stage: str) -> None:
+        self.papp = papp
+        self.stage = stage
+        self.counts: Counter[str] = Counter()
+        self._specs: dict[str, TopicSpec] = {}
+
+    def physical(self, spec: TopicSpec) -> str:
+        name = self.papp.settings.topic(spec.name)
+        self._specs[name] = spec
+        return name
+
+    def channel(self, *specs: TopicSpec) -> Any:
+        """One faust channel over several co-partitioned contract topics (raw bytes)."""
+        names = [self.physical(s) for s in specs]
+        return self.papp.app.topic(*names, key_serializer="raw", value_serializer="raw")
+
+    def spec_of(self, event: Any) -> TopicSpec:
+        return self._specs[event.message.topic]
+
+    def decode(self, event: Any) -> Record:
+        msg = event.message
+        spec = self._specs[msg.topic]
+        return decode(self.papp.codec, spec.record, event.value, header_pairs(msg.headers),
+                      topic=msg.topic, partition=msg.partition, offset=msg.offset)
+
+    async def send(self, spec: TopicSpec, record: Record, key: str | None = None) -> Awaitable[Any]:
+        topic = self.papp.settings.topic(spec.name)
+        value, headers = self.papp.codec.encode(topic, record)
+        k = (key if key is not None else record.key()).encode()
+        self.counts[spec.name] += 1
+        fut: Awaitable[Any] = await self.papp.app.producer.send(topic, k, value, None, None, headers)
+        return fut
+
+    async def dead_letter(self, event: Any, error: BaseException) -> Awaitable[Any]:
+        self.counts["dead_letters"] += 1
+        return await self.papp.send_dead_letter(event, error, stage=self.stage)
+
+    def read_all(self, endpoints: Endpoints, spec: TopicSpec) -> list[Record]:
+        """Every decodable record of a contract topic as of now (blocking: run it in a thread)."""
+        got = read_records(self.papp.settings, endpoints.kafka_bootstrap_servers, self.papp.codec, spec,
+                           quiet_s=0.5)
+        return [r for _, r in got if not isinstance(r, DecodeError)]
+
+
+class Batching(Protocol):
+    """A stage's batching: up to `batch_size` events, a partial batch after `batch_within_s`."""
+
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def batch_within_s(self) -> float: ...
+
+
+class Rebuilt(Protocol):
+    """A handler whose state comes from the topics: once `stale`, it rebuilds before its next batch."""
+
+    stale: bool
+
+
+def add_agent(
+    papp: PipelineApp,
+    channel: Any,
+    handle: Callable[[Sequence[Any]], Awaitable[object]],
+    *,
+    name: str,
+    batching: Batching,
+    before_batch: Callable[[], Awaitable[object]] | None = None,
+    rebuilt: Rebuilt | None = None,
+    own_acks: Callable[[Any], object] | None = None,
+) -> None:
+    """Adds agent `name` (concurrency 1) over `channel`: each batch is awaited through
+    `before_batch()` and `handle(events)`, then its events are acked, so a batch cut short by a stop
+    or a crash is redelivered, not committed unhandled (faust's take_events acks in a `finally`).
+    With `own_acks`, the handler acks instead: it is handed the agent's stream first. With
+    `rebuilt`, its `stale` is set whenever partitions are assigned.
+    """
+
+    async def agent(stream: Any) -> None:
+        if own_acks is not None:
+            own_acks(stream)
+        async for events in stream.noack_take(batching.batch_size, within=batching.batch_within_s):
+            if before_batch is not None:
+                await before_batch()
+            await handle(events)
+            if own_acks is None:
+                for event in events:
+                    await stream.ack(event)
+
+    papp.app.agent(channel, name=name, concurrency=1)(agent)
+    if rebuilt is not None:
+        target = rebuilt
+
+        async def on_assigned(_app: Any, *_args: Any, signal: Any = None, **_kw: Any) -> None:
+            target.stale = True
+
+        papp.app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it too narrowly
+
+
 #: faust hard-codes aiokafka's fetch_max_wait_ms=1500. Kafka and Redpanda answer a waiting fetch as
 #: soon as data arrives, so there it only paces idle polls; Tansu holds it for the whole wait, which
 #: put ~0.4 s on average (0.75 s worst) between a record and the agent on every hop.
@@ -223,8 +306,7 @@ def _uvloop_if_installed() -> Iterator[None]:
     """Loops made inside are uvloop's when uvloop is installed (else asyncio's, unchanged).
 
     Most of faust's cost per message is event-loop bookkeeping (two tasks per message in its fetch
-    loop, plus its consumer's own thread and loop): consuming alone runs ~11.3k messages/s with
-    uvloop vs ~8.9k with asyncio on the project's machine.
+    loop, plus its consumer's own thread and loop); README's Measured section has the figures.
     """
     try:
         import uvloop
@@ -277,3 +359,10 @@ def run_app(
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def run_stage(
+    settings: Settings, endpoints: Endpoints, stop: threading.Event, *, app_id: str, register: AgentRegistrar
+) -> None:
+    """A stage of agents: its app under `app_id`, with `register` applied, run until `stop` is set."""
+    run_app(create_app(settings, endpoints, app_id=app_id, agents=[register]), stop)

@@ -1,13 +1,11 @@
-"""The classifier agent: news.raw in batches -> sentiment + tickers -> news.scored, one per ticker.
-
-Batches come from `stream.noack_take`, and each event is acked only after its outputs (scored
-records or a dead letter) are acknowledged by the broker, so a crash mid-batch redelivers the
-batch instead of losing it. Classification runs in a worker thread so the loop keeps heartbeating.
+"""The classifier agent: news.raw in batches -> sentiment + tickers -> news.scored, one per ticker;
+classification runs in a worker thread so the loop keeps heartbeating.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Sequence
@@ -18,10 +16,10 @@ from connectors.sentiment_model import TransformersClassifier
 from opsinfra.endpoints import Endpoints
 from opsinfra.errors import DecodeError
 from opsinfra.settings import DEFAULT_SYMBOLS, Settings
-from schemas.codec import decode
+from schemas.codec import decode, header_pairs
 from schemas.records import NewsItem, ScoredNews
 from schemas.topics import NEWS_RAW, NEWS_SCORED
-from streams.app import PipelineApp, create_app, event_headers, run_app
+from streams.app import PipelineApp, add_agent, run_stage
 from trading.news import Classifier, FallbackClassifier, LexiconClassifier, score_batch, score_items
 
 log = logging.getLogger(__name__)
@@ -90,7 +88,7 @@ class BatchHandler:
                     self.papp.codec,
                     NewsItem,
                     event.value,
-                    event_headers(msg.headers),
+                    header_pairs(msg.headers),
                     topic=msg.topic,
                     partition=msg.partition,
                     offset=msg.offset,
@@ -153,16 +151,7 @@ def register(
     """Adds the classifier agent to `papp` (nothing is loaded until the first batch)."""
     config = config or ClassifierConfig.from_settings(papp.settings)
     handler = BatchHandler(papp, classifier or build_classifier(config), config)
-
-    async def classify(stream: Any) -> None:
-        # not take_events: it acks a batch in a `finally`, so a batch cut short by a stop or a
-        # crash is committed unscored (test_a_batch_cut_short_by_a_stop_is_redelivered_not_lost)
-        async for events in stream.noack_take(config.batch_size, within=config.batch_within_s):
-            await handler.handle(events)
-            for event in events:
-                await stream.ack(event)
-
-    papp.app.agent(papp.topic(NEWS_RAW), name="news-classifier", concurrency=1)(classify)
+    add_agent(papp, papp.topic(NEWS_RAW), handler.handle, name="news-classifier", batching=config)
 
 
 def run(
@@ -174,11 +163,6 @@ def run(
 ) -> None:
     """The `classifier` stage."""
     config = config or ClassifierConfig.from_settings(settings)
-
-    def registrar(papp: PipelineApp) -> None:
-        register(papp, config=config)
-
-    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
     log.info("classifier: model %s, batch %d, universe %s", config.model, config.batch_size,
              ",".join(config.universe))
-    run_app(papp, stop)
+    run_stage(settings, endpoints, stop, app_id=APP_ID, register=functools.partial(register, config=config))

@@ -1,33 +1,19 @@
-"""The dispatch agent: one faust agent per account, signals + features.1m -> executions.
-
-Each account's AccountDesk decides entries (recommendations through the gates), reversals and
-rule exits (bars), and is the only writer of that account's state. Exactly one decision per
-(recommendation, account) across redeliveries and restarts comes from rebuilding the desks from
-the executions topic before the first batch (and after a rebalance), not from a faust Table:
-the executions topic already is the durable log of every decision (their key is
-account:recommendation id), an execution is delivered before its input is acked, and the desk
-folds it with the same apply() it uses live, so the decided ids, positions, trades today, realized
-P&L and kill switch all come back together and cannot disagree with what was published. A Table
-would be a second copy of the same facts, written in a separate step (so a crash between the
-two can split them), and a changelog whose partition follows the input event rather than the
-account, which faust only keeps consistent for co-partitioned keys.
-
-alpaca-paper: a decision that passed the gates is published as SUBMITTED (write-ahead) and
-delivered before the order is POSTed, so a crash between the POST and its answer leaves a record
-that the start-up reconcile pass resolves by client_order_id, never a second order.
-Runs as one worker: an account's limits need all of its signals in one place.
+"""The dispatch agent: one faust agent per account, signals + features.1m -> executions, exactly one
+decision per (recommendation, account) across redeliveries and restarts. Runs as one worker: an
+account's limits need all of its signals in one place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from connectors.alpaca_trading import AlpacaOrders, OrderOutcome, TradeUpdates, outcome_of_update
 from connectors.credentials import CredentialSource
@@ -35,8 +21,7 @@ from opsinfra.endpoints import Endpoints
 from opsinfra.settings import Settings
 from schemas.records import Execution, Features, Recommendation, Record
 from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
-from streams.app import PipelineApp, create_app, run_app
-from streams.signal_agent import EventIO
+from streams.app import EventIO, PipelineApp, add_agent, run_stage
 from trading.accounts import AccountDesk, accounts_from_settings
 from trading.calendar import SessionCalendar, TradingCalendar
 from trading.clock import MINUTE, Clock, WallClock
@@ -101,7 +86,19 @@ class _Unknown:
 
 
 class DispatchHandler:
-    """The desks of every account and what moves their decisions in and out."""
+    """The desks of every account and what moves their decisions in and out.
+
+    Each account's AccountDesk decides entries, reversals and rule exits, and is the only writer of
+    its state. The desks are rebuilt from the executions topic before the first batch (and after a
+    rebalance), not kept in a faust Table: that topic already is the durable log of every decision,
+    an execution is delivered before its input is acked, and the desk folds it with the apply() it
+    uses live, so decided ids, positions, trades, P&L and kill switch cannot disagree with what was
+    published. A Table would be a second copy written in a separate step (a crash can split them),
+    with a changelog partitioned by input event rather than by account.
+
+    alpaca-paper: a decision that passed the gates is published as SUBMITTED (write-ahead) before
+    the order is POSTed, so a crash between the POST and its answer leaves a record that the
+    reconcile pass resolves by client_order_id, never a second order."""
 
     def __init__(self, papp: PipelineApp, config: DispatchConfig, endpoints: Endpoints, *,
                  calendar: SessionCalendar | None = None, orders: AlpacaOrders | None = None,
@@ -290,6 +287,10 @@ class DispatchHandler:
         await self.handle_records(self.desks[name], items)
         return [event for _record, event in items]
 
+    def ack_through(self, name: str, stream: Any) -> None:
+        """Account `name`'s events are acked through its agent's `stream` once decided."""
+        self.streams[name] = stream
+
     async def _ack(self, name: str, events: Sequence[Any]) -> None:
         stream = self.streams.get(name)
         for event in events:
@@ -462,20 +463,10 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig 
     handler = DispatchHandler(papp, config, endpoints, calendar=calendar, orders=orders, clock=clock)
     channel = handler.io.channel(SIGNALS, FEATURES)
     for i, account in enumerate(config.accounts):
-        name, first = account.name, i == 0
-
-        async def dispatch(stream: Any, name: str = name, first: bool = first) -> None:
-            handler.streams[name] = stream
-            # acks are the handler's: an event is acked once decided, after the event-time buffer
-            async for events in stream.noack_take(config.batch_size, within=config.batch_within_s):
-                await handler.batch(name, first, events)
-
-        papp.app.agent(channel, name=f"dispatch-{name}", concurrency=1)(dispatch)
-
-    async def on_assigned(_app: Any, *_args: Any, signal: Any = None, **_kw: Any) -> None:
-        handler.stale = True
-
-    papp.app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it too narrowly
+        # acks are the handler's: an event is acked once decided, after the event-time buffer
+        add_agent(papp, channel, functools.partial(handler.batch, account.name, i == 0),
+                  name=f"dispatch-{account.name}", batching=config, rebuilt=handler,
+                  own_acks=functools.partial(handler.ack_through, account.name))
 
     async def release() -> None:
         await handler.release_all()
@@ -497,9 +488,5 @@ def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
     config = config or DispatchConfig.from_settings(settings)
     log.info("dispatch: accounts %s, clock %s", ", ".join(f"{a.name} ({a.mode})" for a in config.accounts),
              config.clock)
-    def registrar(p: PipelineApp) -> None:
-        register(p, endpoints=endpoints, config=config)
-
-    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
-    run_app(papp, stop)
-
+    run_stage(settings, endpoints, stop, app_id=APP_ID,
+              register=functools.partial(register, endpoints=endpoints, config=config))

@@ -1,25 +1,12 @@
 """The features agent: market.bars.1m -> one FeatureEngine per symbol -> features.1m, at least once.
-
-State is rebuilt from the input topic, not kept in a changelog table. A partition's engines are a
-pure function of the bars at offsets [0, n) of that partition, so when a partition's first event
-(offset o) reaches a worker with no state for it, the worker replays [0, o) with outputs dropped,
-and when it reaches a worker whose state stopped at n < o (another worker owned it meanwhile),
-the worker replays [n, o). Events below n that come again after a rebalance were applied and
-delivered by this very process and are acked without output. Why not a faust Table of engine
-snapshots: the snapshot and the offset commit are not atomic, so the snapshot would need its own
-offset and the same skip/replay rules anyway; recovery would trust the changelog's high watermark,
-which Tansu under-reports; and a snapshot per symbol per batch doubles what is produced. The cost
-of replay is a read of the retained partition on a cold start (~70k bars/s; bench figures in the
-README) and exact equality holds while the topic retains the whole history (30 days of bars).
-
-An event is acked only after its outputs (a features record or a dead letter) are acknowledged by
-the broker, so a committed offset implies delivered outputs. Every output is a deterministic
-function of the partition's bars, so a re-delivered bar re-emits an identical record.
+Engine state is rebuilt from the input topic rather than kept in a changelog table, and an event is
+acked only once its outputs are delivered, so a committed offset implies delivered outputs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -28,24 +15,17 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import attrgetter
 from typing import Any
 
 from opsinfra.endpoints import Endpoints
 from opsinfra.errors import DecodeError
 from opsinfra.settings import Settings
+from schemas.avro_fast import RecordWriter
+from schemas.codec import header_pairs
 from schemas.records import Features
 from schemas.topics import BARS, FEATURES
-from streams.app import PipelineApp, create_app, run_app
-from streams.features_state import (
-    BatchSender,
-    PartitionState,
-    RecordWriter,
-    bar_inputs,
-    message_headers,
-    read_partition,
-    replay_into,
-)
+from streams.app import PipelineApp, run_stage
+from streams.features_state import BatchSender, PartitionState, bar_inputs, read_partition, replay_into
 from trading.features import InvalidBar, OutOfOrderBar
 
 log = logging.getLogger(__name__)
@@ -54,7 +34,6 @@ STAGE = "features"
 APP_ID = "ops-pipeline-features"
 WORKER_HEADER = "ops.worker"  # which worker emitted a record: host:pid
 
-_feature_fields = attrgetter(*Features.field_names())
 _DLQ_KINDS = {OutOfOrderBar: "out_of_order", InvalidBar: "invalid", DecodeError: "undecodable"}
 
 
@@ -64,11 +43,6 @@ class FeaturesConfig:
     batch_within_s: float = 0.01  # how long a partial batch waits: the latency floor under light load
     replay_timeout_s: float = 120.0  # a replay read with no progress for this long crashes the stage
     worker_id: str = ""  # default: host:pid
-
-
-def to_features(values: Any) -> Features:
-    """The features.1m record of a FeatureValues (same fields, same order)."""
-    return Features(*_feature_fields(values))
 
 
 def _feature_samples() -> list[Features]:
@@ -83,6 +57,18 @@ def _feature_samples() -> list[Features]:
     return [cold, warm]
 
 
+# A partition's engines are a pure function of the bars at offsets [0, n) of that partition, so when
+# a partition's first event (offset o) reaches a worker with no state for it, the worker replays
+# [0, o) with outputs dropped, and when it reaches a worker whose state stopped at n < o (another
+# worker owned it meanwhile), the worker replays [n, o). Events below n that come again after a
+# rebalance were applied and delivered by this very process and are acked without output. Every
+# output is a deterministic function of the partition's bars, so a re-delivered bar re-emits an
+# identical record. Why not a faust Table of engine snapshots: the snapshot and the offset commit
+# are not atomic, so the snapshot would need its own offset and the same skip/replay rules anyway;
+# recovery would trust the changelog's high watermark, which Tansu under-reports; and a snapshot per
+# symbol per batch doubles what is produced. Replay costs a read of the retained partition on a
+# cold start (figures in the README), and exact equality holds while the topic retains the whole
+# history (30 days of bars).
 class FeaturesHandler:
     """Turns batches of bar events into sends; every event ends up as a feature, a no-op
     (duplicate bar) or a dead letter, and is acked once what it produced is delivered."""
@@ -100,7 +86,7 @@ class FeaturesHandler:
         worker = config.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.extra_headers = [(WORKER_HEADER, worker.encode())]
         self.sender = BatchSender(papp.app, self.features_topic)
-        self._encode: Callable[[Any], tuple[bytes, list[tuple[str, bytes]]]] | None = None
+        self._encode: Callable[[Features], tuple[bytes, list[tuple[str, bytes]]]] | None = None
         self._acking: set[asyncio.Task[None]] = set()
 
     async def handle(self, events: Sequence[Any], ack: Any) -> None:
@@ -148,7 +134,7 @@ class FeaturesHandler:
                         codec,
                         event.key,
                         event.value,
-                        message_headers(msg.headers),
+                        header_pairs(msg.headers),
                         topic=msg.topic,
                         partition=partition,
                         offset=offset,
@@ -190,20 +176,20 @@ class FeaturesHandler:
             self._acking.add(task)  # a strong reference until it is done
             task.add_done_callback(self._acking.discard)
 
-    def _encoder(self) -> Callable[[Any], tuple[bytes, list[tuple[str, bytes]]]]:
+    def _encoder(self) -> Callable[[Features], tuple[bytes, list[tuple[str, bytes]]]]:
         codec, topic = self.papp.codec, self.features_topic
         writer = RecordWriter.build(codec, topic, _feature_samples())
         if writer is None:
             log.warning("features: encoding with the codec (its schema or framing is not the fast path's)")
 
-            def encode(values: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
-                return codec.encode(topic, to_features(values))
+            def encode(values: Features) -> tuple[bytes, list[tuple[str, bytes]]]:
+                return codec.encode(topic, values)
 
         else:
             headers = writer.headers
             write = writer.encode
 
-            def encode(values: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
+            def encode(values: Features) -> tuple[bytes, list[tuple[str, bytes]]]:
                 return write(values), headers
 
         self._encode = encode
@@ -301,9 +287,4 @@ def run(
     config: FeaturesConfig | None = None,
 ) -> None:
     """The `features` stage."""
-
-    def registrar(papp: PipelineApp) -> None:
-        register(papp, config=config)
-
-    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
-    run_app(papp, stop)
+    run_stage(settings, endpoints, stop, app_id=APP_ID, register=functools.partial(register, config=config))

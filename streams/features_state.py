@@ -1,20 +1,13 @@
-"""What the features agent does below faust: per-partition engine state and its rebuild from
-market.bars.1m, and the fast way out (an Avro writer and a batch sender) that keeps it near faust's
-own per-message ceiling.
-
-A partition's state is a pure function of the bars at offsets [0, next_offset) of that partition,
-so it can be rebuilt at any time by replaying them; live processing and the replay apply a bar
-through the same `bar_inputs` + `apply` so the two cannot drift apart.
+"""What the features agent does below faust: per-partition engine state, rebuilt from market.bars.1m
+through the same `bar_inputs` + `apply` as live bars (so the two cannot drift apart), and the batch
+sender that keeps the agent near faust's own per-message ceiling.
 """
 
 from __future__ import annotations
 
-import struct
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from operator import attrgetter
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -23,22 +16,11 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from opsinfra.errors import DecodeError, PipelineError
 from opsinfra.kafka_config import consumer_config
 from opsinfra.settings import Settings
-from schemas.codec import Codec, SchemaSet
-from schemas.records import Bar, Record
-from trading.features import FeatureEngine, FeatureValues, InvalidBar
+from schemas.codec import Codec, RawHeaders, header_pairs
+from schemas.records import Bar, Features
+from trading.features import FeatureEngine, InvalidBar
 
-RawHeaders = Sequence[tuple[str, bytes | None]]
 BarInputs = tuple[str, Any, float, int, int]  # symbol, ts, close, volume, revision
-
-
-def message_headers(raw: Any) -> RawHeaders:
-    """Headers as (name, value) pairs, whichever shape the client handed them over in."""
-    if not raw:
-        return ()
-    if isinstance(raw, Mapping):
-        return list(raw.items())
-    pairs: RawHeaders = raw
-    return pairs
 
 
 def bar_inputs(
@@ -75,7 +57,7 @@ class PartitionState:
     next_offset: int = 0
     generation: int | None = None  # the consumer generation that last delivered to it
 
-    def apply(self, inputs: BarInputs) -> FeatureValues | None:
+    def apply(self, inputs: BarInputs) -> Features | None:
         """FeatureEngine.update on the bar's symbol (raises OutOfOrderBar / InvalidBar likewise)."""
         symbol, ts, close, volume, revision = inputs
         engine = self.engines.get(symbol)
@@ -168,7 +150,7 @@ def read_partition(
                 if offset >= end:
                     return
                 raw_headers: Any = msg.headers()
-                yield offset, msg.key(), msg.value(), message_headers(raw_headers)
+                yield offset, msg.key(), msg.value(), header_pairs(raw_headers)
                 if offset >= end - 1:
                     return
             if msgs:
@@ -177,109 +159,12 @@ def read_partition(
         consumer.close()
 
 
-_pack_double = struct.Struct("<d").pack
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _long(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)  # zig-zag, then base-128 varint
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(s: str) -> bytes:
-    b = s.encode()
-    return _long(len(b)) + b
-
-
-def _timestamp_micros(ts: Any) -> bytes:
-    if isinstance(ts, datetime):
-        d = ts - _EPOCH
-        return _long((d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds)
-    return _long(ts)
-
-
-def _boolean(b: bool) -> bytes:
-    return b"\x01" if b else b"\x00"
-
-
-def _nullable(write: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
-    def nullable(x: Any) -> bytes:
-        return b"\x00" if x is None else b"\x02" + write(x)
-
-    return nullable
-
-
-_WRITERS: dict[str, Callable[[Any], bytes]] = {
-    "string": _string,
-    "long": _long,
-    "int": _long,
-    "double": _pack_double,
-    "boolean": _boolean,
-    "timestamp-micros": _timestamp_micros,
-}
-
-
-class RecordWriter:
-    """The codec's bytes for a flat record, ~3x faster than fastavro (whose union handling costs
-    ~0.8 us a nullable field): encoding was a third of the agent's own cost per bar.
-
-    Built from the record's Avro schema for the types features.1m uses; `build` checks it against
-    the codec itself on samples, byte for byte, and reuses the codec's framing (schema headers, or
-    the Confluent magic byte and id, which are the same for every record of a topic).
-    """
-
-    def __init__(self, fields: Sequence[tuple[str, Callable[[Any], bytes]]]) -> None:
-        self._get = attrgetter(*(name for name, _ in fields))
-        self._writers = tuple(write for _, write in fields)
-        self.prefix = b""
-        self.headers: list[tuple[str, bytes]] = []
-
-    @classmethod
-    def build(cls, codec: Codec, topic: str, samples: Sequence[Record]) -> RecordWriter | None:
-        """A writer equal to `codec` on `samples`, or None (then the caller uses the codec)."""
-        schema = SchemaSet.load().get(samples[0].SCHEMA).parsed
-        fields = []
-        for spec in schema["fields"]:
-            ftype = spec["type"]
-            nullable = isinstance(ftype, list) and len(ftype) == 2 and ftype[0] == "null"
-            if nullable:
-                ftype = ftype[1]
-            if isinstance(ftype, dict):
-                ftype = ftype.get("logicalType") or ftype["type"]
-            write = _WRITERS.get(ftype) if isinstance(ftype, str) else None
-            if write is None:
-                return None
-            fields.append((spec["name"], _nullable(write) if nullable else write))
-        writer = cls(fields)
-        for sample in samples:
-            value, headers = codec.encode(topic, sample)
-            body = writer._body(sample)
-            if not value.endswith(body) or (writer.headers and headers != writer.headers):
-                return None
-            writer.prefix, writer.headers = value[: len(value) - len(body)], list(headers)
-        return writer
-
-    def _body(self, record: Any) -> bytes:
-        return b"".join([write(v) for write, v in zip(self._writers, self._get(record), strict=True)])
-
-    def encode(self, record: Any) -> bytes:
-        """`record`: any object with the schema's fields as attributes (a FeatureValues too)."""
-        return self.prefix + self._body(record)
-
-
 class BatchSender:
     """Sends records to one topic as one aiokafka batch per partition and call, one future a batch.
 
-    faust's `producer.send` goes through two layers per record (~14 us each on this machine); the
-    batch API costs ~3 us a record. Partitions come from the same murmur2 partitioner faust and
-    librdkafka use for keyed records, so a symbol lands on the same partition in every topic.
+    faust's `producer.send` goes through two layers per record; the batch API costs a fraction of
+    that. Partitions come from the same murmur2 partitioner faust and librdkafka use for keyed
+    records, so a symbol lands on the same partition in every topic.
     """
 
     def __init__(self, app: Any, topic: str) -> None:

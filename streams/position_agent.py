@@ -1,31 +1,22 @@
 """The position agent: executions -> positions (one record per account:symbol), for the
-active_positions table and anyone watching the book.
-
-Exits themselves are decided by the account's desk in the dispatch agent (streams/accounts.py),
-with this module's PositionBook rules: the account's single writer must see an exit the moment it
-decides it, or its limits and kill switch would lag. This agent projects what the executions say.
-Executions of one (account, symbol) are keyed by recommendation id and so spread over partitions:
-they can arrive out of decision order, so each (account, symbol) is folded from its executions
-sorted by decided_at, and settled (folded into a closed record and forgotten) once it is flat with
-nothing pending. State is rebuilt from the executions topic at start; a redelivered execution
-re-emits the current record of its position (the sink upserts, so that is harmless).
+active_positions table and anyone watching the book; exits are decided by the dispatch agent's desks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from opsinfra.endpoints import Endpoints
 from opsinfra.settings import Settings
 from schemas.records import Execution
 from schemas.topics import EXECUTIONS, POSITIONS
-from streams.app import PipelineApp, create_app, run_app
-from streams.signal_agent import EventIO, run_batches
+from streams.app import EventIO, PipelineApp, add_agent, run_stage
 from trading.accounts import accounts_from_settings
 from trading.gates import DEFAULT_ACCOUNTS, AccountConfig
 from trading.positions import PositionProjection
@@ -34,6 +25,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "positions"
 APP_ID = "ops-pipeline-positions"
+
+
 @dataclass(frozen=True)
 class PositionAgentConfig:
     accounts: tuple[AccountConfig, ...] = DEFAULT_ACCOUNTS
@@ -46,6 +39,12 @@ class PositionAgentConfig:
 
 
 class PositionHandler:
+    """Projects what the executions say. Exits are the desk's (its single writer must see an exit
+    the moment it decides it, or its limits and kill switch would lag). Executions of one (account,
+    symbol) are keyed by recommendation id and spread over partitions, so they are folded in
+    decided_at order and settled once flat with nothing pending. State is rebuilt from the
+    executions topic at start; a redelivered execution re-emits its position's current record."""
+
     def __init__(self, papp: PipelineApp, config: PositionAgentConfig, endpoints: Endpoints) -> None:
         self.config = config
         self.endpoints = endpoints
@@ -86,25 +85,13 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: PositionAgentCo
              ) -> PositionHandler:
     config = config or PositionAgentConfig.from_settings(papp.settings)
     handler = PositionHandler(papp, config, endpoints)
-
-    async def positions(stream: Any) -> None:
-        await run_batches(stream, config.batch_size, config.batch_within_s, handler.handle,
-                          before_batch=handler.ensure_state)
-
-    papp.app.agent(handler.io.channel(EXECUTIONS), name="positions", concurrency=1)(positions)
-
-    async def on_assigned(_app: Any, *_args: Any, signal: Any = None, **_kw: Any) -> None:
-        handler.stale = True
-
-    papp.app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it too narrowly
+    add_agent(papp, handler.io.channel(EXECUTIONS), handler.handle, name="positions", batching=config,
+              before_batch=handler.ensure_state, rebuilt=handler)
     return handler
 
 
 def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
         config: PositionAgentConfig | None = None) -> None:
     """The `positions` stage."""
-    def registrar(p: PipelineApp) -> None:
-        register(p, endpoints=endpoints, config=config)
-
-    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
-    run_app(papp, stop)
+    run_stage(settings, endpoints, stop, app_id=APP_ID,
+              register=functools.partial(register, endpoints=endpoints, config=config))

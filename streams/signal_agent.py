@@ -1,102 +1,35 @@
-"""The signal agent: features.1m + news.scored (+ watchlist) -> SignalRule -> signals.
-
-All inputs are keyed by symbol and co-partitioned, so one agent sees a symbol's bars, news and
-watchlist entries. The rule's state (per-symbol cooldown, sentiment windows, watchlist) is rebuilt
-when partitions are assigned, from the topics themselves: news.scored and watchlist for the inputs,
-signals for the cooldown (the latest recommendation per symbol). Recommendations are deterministic
-(UUIDv5 ids), so a redelivered bar re-emits an identical record at worst; an event is acked once
-what it produced is acknowledged by the broker. Also home of EventIO, shared by the trading agents.
+"""The signal agent: features.1m + news.scored (+ watchlist) -> SignalRule -> signals; the inputs
+are co-partitioned by symbol, so one agent sees all of a symbol's bars, news and watchlist entries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from opsinfra.endpoints import Endpoints
 from opsinfra.errors import DecodeError
 from opsinfra.settings import Settings
-from schemas.codec import decode
 from schemas.records import (
     MARKET_KEY,
     Features,
     Recommendation,
-    Record,
     ScoredNews,
     WatchlistEntry,
 )
-from schemas.topic_io import read_records
-from schemas.topics import FEATURES, NEWS_SCORED, SIGNALS, WATCHLIST, TopicSpec
-from streams.app import PipelineApp, create_app, event_headers, run_app
+from schemas.topics import FEATURES, NEWS_SCORED, SIGNALS, WATCHLIST
+from streams.app import EventIO, PipelineApp, add_agent, run_stage
 from trading.signals import SignalRule, StrategyConfig, strategy_from_settings
 
 log = logging.getLogger(__name__)
 
 STAGE = "signals"
 APP_ID = "ops-pipeline-signals"
-
-
-class EventIO:
-    """Decoding, sending and dead-lettering for an agent, with the codec's headers kept."""
-
-    def __init__(self, papp: PipelineApp, stage: str) -> None:
-        self.papp = papp
-        self.stage = stage
-        self.counts: Counter[str] = Counter()
-        self._specs: dict[str, TopicSpec] = {}
-
-    def physical(self, spec: TopicSpec) -> str:
-        name = self.papp.settings.topic(spec.name)
-        self._specs[name] = spec
-        return name
-
-    def channel(self, *specs: TopicSpec) -> Any:
-        """One faust channel over several co-partitioned contract topics (raw bytes)."""
-        names = [self.physical(s) for s in specs]
-        return self.papp.app.topic(*names, key_serializer="raw", value_serializer="raw")
-
-    def spec_of(self, event: Any) -> TopicSpec:
-        return self._specs[event.message.topic]
-
-    def decode(self, event: Any) -> Record:
-        msg = event.message
-        spec = self._specs[msg.topic]
-        return decode(self.papp.codec, spec.record, event.value, event_headers(msg.headers),
-                      topic=msg.topic, partition=msg.partition, offset=msg.offset)
-
-    async def send(self, spec: TopicSpec, record: Record, key: str | None = None) -> Awaitable[Any]:
-        topic = self.papp.settings.topic(spec.name)
-        value, headers = self.papp.codec.encode(topic, record)
-        k = (key if key is not None else record.key()).encode()
-        self.counts[spec.name] += 1
-        fut: Awaitable[Any] = await self.papp.app.producer.send(topic, k, value, None, None, headers)
-        return fut
-
-    async def dead_letter(self, event: Any, error: BaseException) -> Awaitable[Any]:
-        self.counts["dead_letters"] += 1
-        return await self.papp.send_dead_letter(event, error, stage=self.stage)
-
-    def read_all(self, endpoints: Endpoints, spec: TopicSpec) -> list[Record]:
-        """Every decodable record of a contract topic as of now (blocking: run it in a thread)."""
-        got = read_records(self.papp.settings, endpoints.kafka_bootstrap_servers, self.papp.codec, spec,
-                           quiet_s=0.5)
-        return [r for _, r in got if not isinstance(r, DecodeError)]
-
-
-async def run_batches(stream: Any, size: int, within: float,
-                      handle: Any, *, before_batch: Any = None) -> None:
-    """The agent loop: a batch is handled, its outputs delivered, then its events acked."""
-    async for events in stream.noack_take(size, within=within):
-        if before_batch is not None:
-            await before_batch()
-        await handle(events)
-        for event in events:
-            await stream.ack(event)
 
 
 @dataclass(frozen=True)
@@ -107,6 +40,10 @@ class SignalAgentConfig:
 
 
 class SignalHandler:
+    """The rule, its state (cooldowns, sentiment windows, watchlist) rebuilt from the topics when
+    partitions are assigned: news.scored and watchlist for the inputs, signals for the cooldown.
+    Recommendation ids are deterministic, so a redelivered bar re-emits an identical record at worst."""
+
     def __init__(self, papp: PipelineApp, config: SignalAgentConfig, endpoints: Endpoints) -> None:
         self.papp = papp
         self.config = config
@@ -169,25 +106,13 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: SignalAgentConf
     """Adds the signal agent to `papp`; returns its handler (rule, counts) for tests."""
     config = config or SignalAgentConfig(strategy=strategy_from_settings(papp.settings))
     handler = SignalHandler(papp, config, endpoints)
-
-    async def signals(stream: Any) -> None:
-        await run_batches(stream, config.batch_size, config.batch_within_s, handler.handle,
-                          before_batch=handler.ensure_state)
-
-    papp.app.agent(handler.inputs(), name="signals", concurrency=1)(signals)
-
-    async def on_assigned(_app: Any, *_args: Any, signal: Any = None, **_kw: Any) -> None:
-        handler.stale = True
-
-    papp.app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it too narrowly
+    add_agent(papp, handler.inputs(), handler.handle, name="signals", batching=config,
+              before_batch=handler.ensure_state, rebuilt=handler)
     return handler
 
 
 def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
         config: SignalAgentConfig | None = None) -> None:
     """The `signals` stage."""
-    def registrar(p: PipelineApp) -> None:
-        register(p, endpoints=endpoints, config=config)
-
-    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
-    run_app(papp, stop)
+    run_stage(settings, endpoints, stop, app_id=APP_ID,
+              register=functools.partial(register, endpoints=endpoints, config=config))

@@ -1,30 +1,23 @@
 """The watchlist agent: features.1m + news.scored -> WatchlistBuilder -> watchlist (top-N every
-5 minutes of bar time). Replaces the old 5-minute "watchlist engine" job.
-
-The builder ranks symbols of every partition together, so the stage runs as one worker. Its state
-is rebuilt at start from the topics: news.scored for sentiment, features.1m replayed through the
-builder (windows close on bar time, so the replay closes them exactly as live did), and the
-entries the replay produced that the watchlist topic does not hold yet are published: those a
-crash kept from being sent. The builder ignores a bar it has already seen (per symbol, ts and
-revision), so the redelivered tail after the committed offset changes nothing.
+5 minutes of bar time), replacing the old 5-minute "watchlist engine" job; one worker ranks them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from opsinfra.endpoints import Endpoints
 from opsinfra.settings import Settings
 from schemas.records import MARKET_KEY, Features, ScoredNews, WatchlistEntry
 from schemas.topics import FEATURES, NEWS_SCORED, WATCHLIST
-from streams.app import PipelineApp, create_app, run_app
-from streams.signal_agent import EventIO, run_batches
+from streams.app import EventIO, PipelineApp, add_agent, run_stage
 from trading.signals import SentimentBook
 from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
@@ -58,6 +51,11 @@ class WatchlistAgentConfig:
 
 
 class WatchlistHandler:
+    """State rebuilt at start from the topics: news.scored for sentiment, features.1m replayed
+    through the builder (windows close on bar time, so exactly as live), and the entries a crash
+    kept from being sent are published. The builder ignores a bar it has seen (symbol, ts,
+    revision), so the redelivered tail after the committed offset changes nothing."""
+
     def __init__(self, papp: PipelineApp, config: WatchlistAgentConfig, endpoints: Endpoints) -> None:
         self.config = config
         self.endpoints = endpoints
@@ -119,25 +117,14 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: WatchlistAgentC
              ) -> WatchlistHandler:
     config = config or WatchlistAgentConfig.from_settings(papp.settings)
     handler = WatchlistHandler(papp, config, endpoints)
-
-    async def watchlist(stream: Any) -> None:
-        await run_batches(stream, config.batch_size, config.batch_within_s, handler.handle,
-                          before_batch=handler.ensure_state)
-
-    papp.app.agent(handler.io.channel(FEATURES, NEWS_SCORED), name="watchlist", concurrency=1)(watchlist)
-
-    async def on_assigned(_app: Any, *_args: Any, signal: Any = None, **_kw: Any) -> None:
-        handler.stale = True
-
-    papp.app.on_partitions_assigned.connect(cast(Any, on_assigned))  # mode types it too narrowly
+    inputs = handler.io.channel(FEATURES, NEWS_SCORED)
+    add_agent(papp, inputs, handler.handle, name="watchlist", batching=config,
+              before_batch=handler.ensure_state, rebuilt=handler)
     return handler
 
 
 def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
         config: WatchlistAgentConfig | None = None) -> None:
     """The `watchlist` stage."""
-    def registrar(p: PipelineApp) -> None:
-        register(p, endpoints=endpoints, config=config)
-
-    papp = create_app(settings, endpoints, app_id=APP_ID, agents=[registrar])
-    run_app(papp, stop)
+    run_stage(settings, endpoints, stop, app_id=APP_ID,
+              register=functools.partial(register, endpoints=endpoints, config=config))

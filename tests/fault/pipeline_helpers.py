@@ -1,13 +1,11 @@
 """The whole pipeline over the bundled sample session, for fault tests: pipeline.demo's building
-blocks (`Stages`, the session's news then bars, `wait_drained`) with hooks to interfere mid-run,
+blocks (its stage processes, the session's news then bars, `wait_drained`) with hooks to interfere mid-run,
 and the final PostgreSQL tables as comparable rows."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,7 +19,8 @@ from psycopg import sql
 from rich.console import Console
 
 from opsinfra.settings import Settings
-from pipeline.demo import STAGES, Stages, _news_items, _wait_scored, wait_drained
+from pipeline.demo import STAGES, _news_items, _wait_scored, wait_drained
+from pipeline.supervisor import StageProcesses
 from schemas.codec import make_codec
 from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import EXECUTIONS, NEWS_RAW
@@ -75,27 +74,14 @@ ORDER = {
 }  # fmt: skip
 
 
-class FaultStages(Stages):
-    """`Stages` run from a scratch directory (the faust stages keep local state under the working
-    directory), plus kill -9 and restart of one stage."""
+class FaultStages(StageProcesses):
+    """The demo's stages run from a scratch directory (the faust stages keep local state under the
+    working directory), plus kill -9 and restart of one stage."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, cwd: Path) -> None:
-        super().__init__(env, log_dir)
-        self.cwd = cwd
+        super().__init__(env, log_dir=log_dir, cwd=cwd, own_session=True)
+        self.log_dir: Path = log_dir
         self.restarts: Counter[str] = Counter()
-
-    def start(self, names: tuple[str, ...]) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            with open(self.log_dir / f"{name}.log", "ab") as log:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.cli", "run", "--only", name],
-                    env=self.env,
-                    cwd=self.cwd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
 
     def kill9(self, name: str) -> None:
         proc = self.procs[name]
@@ -171,7 +157,7 @@ def duplicate_executions(settings: Settings, bootstrap: str) -> dict[tuple[str, 
     return {k: n for k, n in seen.items() if n > 1}
 
 
-def wait_ready(stages: Stages, timeout_s: float = 120.0) -> float:
+def wait_ready(stages: FaultStages, timeout_s: float = 120.0) -> float:
     """Until every stage's log says it has its partitions: a run whose stages are all consuming
     before the first record is published (what "uninterrupted" means here). Tansu lists no groups
     and describes none as stable, so the logs are the signal (aiokafka's, the sink's own)."""

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from opsinfra.endpoints import Endpoints
 from opsinfra.kafka_io import Consumed
 from opsinfra.settings import Settings
+from schemas.avro_fast import RecordWriter
 from schemas.codec import HeaderCodec, RegistryCodec
 from schemas.records import Bar, DeadLetter, Features
 from schemas.topic_io import RecordProducer, read_records
@@ -31,11 +32,9 @@ from streams.features_agent import (
     FeaturesHandler,
     _feature_samples,
     register,
-    to_features,
 )
-from streams.features_state import RecordWriter
 from tests.samples import poll_until
-from trading.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
+from trading.features import FeatureEngine, InvalidBar, OutOfOrderBar
 
 T0 = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
 Key = tuple[str, datetime, int]
@@ -78,7 +77,7 @@ def reference(bars: Iterable[Bar]) -> dict[Key, Features]:
         except (OutOfOrderBar, InvalidBar):
             continue
         if values is not None:
-            out[(b.symbol, b.ts, b.revision)] = to_features(values)
+            out[(b.symbol, b.ts, b.revision)] = values
     return out
 
 
@@ -258,8 +257,8 @@ _opt = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
 
 
 @st.composite
-def feature_values(draw: st.DrawFn) -> FeatureValues:
-    return FeatureValues(
+def feature_values(draw: st.DrawFn) -> Features:
+    return Features(
         symbol=draw(st.text(min_size=1, max_size=12)),
         ts=draw(
             st.datetimes(
@@ -298,10 +297,10 @@ def writers() -> tuple[RecordWriter, RegistryCodec, RecordWriter]:
 @settings(max_examples=300, deadline=None)
 @given(values=feature_values())
 def test_fast_writer_writes_the_codecs_bytes(
-    writers: tuple[RecordWriter, RegistryCodec, RecordWriter], values: FeatureValues
+    writers: tuple[RecordWriter, RegistryCodec, RecordWriter], values: Features
 ) -> None:
     header, registry_codec, registry = writers
-    record = to_features(values)
+    record = values
     assert (header.encode(values), header.headers) == HeaderCodec().encode("features.1m", record)
     assert registry.encode(values) == registry_codec.encode("features.1m", record)[0]
 

@@ -51,8 +51,11 @@ def test_live_stages_and_backtest_decide_identically(
     assert parity["live_recommendations"] == parity["backtest_recommendations"] > 50
     assert summary["runbook"] == {
         "status PROCESSING": 0,
-        "two executions per (recommendation, account)": 0,
         "executions without sim_json.bar_used.timestamp": 0,
+        "executions topic: (recommendation, account) without exactly one final decision": 0,
+        "signals without a dispatch_recommendations row": 0,
+        "(signal, account) without a dispatch_executions row": 0,
+        "dispatch_executions rows without a dispatch_recommendations row": 0,
     }
     with psycopg.connect(database_url) as conn:
         bars = conn.execute("SELECT count(*) FROM lane_telemetry").fetchone()

@@ -16,35 +16,13 @@ from hypothesis import strategies as st
 from schemas.avro_fast import compile_reader
 from schemas.codec import HeaderCodec
 from schemas.topics import CONTRACT
+from tests.avro_values import avro_values as values
 from tests.samples import sample_records
 
 CODEC = HeaderCodec()
 SCHEMAS = {spec.name: CODEC.schemas.get(spec.record.SCHEMA) for spec in CONTRACT}
 READERS = {name: compile_reader(json.loads(s.text)) for name, s in SCHEMAS.items()}
 TS = datetime(2026, 11, 20, 15, tzinfo=UTC)
-
-
-def values(schema: Any) -> st.SearchStrategy[Any]:
-    """Values of an Avro type, for fastavro to write."""
-    if isinstance(schema, list):
-        return st.one_of(*(values(b) for b in schema))
-    if isinstance(schema, dict):
-        if schema.get("logicalType") == "timestamp-micros":
-            return st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1),
-                                timezones=st.just(UTC))
-        kind = schema["type"]
-        if kind == "record":
-            return st.fixed_dictionaries({f["name"]: values(f["type"]) for f in schema["fields"]})
-        if kind == "array":
-            return st.lists(values(schema["items"]), max_size=3)
-        if kind == "map":
-            return st.dictionaries(st.text(max_size=5), values(schema["values"]), max_size=3)
-        return values(kind)
-    return {
-        "null": st.none(), "boolean": st.booleans(), "string": st.text(max_size=12),
-        "bytes": st.binary(max_size=8), "int": st.integers(-(2**31), 2**31 - 1),
-        "long": st.integers(-(2**63), 2**63 - 1), "double": st.floats(allow_nan=False),
-    }[schema]
 
 
 def fast_avro(name: str, value: bytes) -> Any:

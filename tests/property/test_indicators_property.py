@@ -16,7 +16,8 @@ import talib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trading.features import FeatureEngine, FeatureValues, OutOfOrderBar
+from schemas.records import Features
+from trading.features import FeatureEngine, OutOfOrderBar
 from trading.indicators import MACD, RSI, SMA, Bollinger
 
 REL = 1e-9
@@ -176,7 +177,7 @@ def test_engine_with_updated_bars_duplicates_and_stale_bars(
     """Whatever the deliveries, each minute ends as if only its final revision had been sent."""
     live, reference = FeatureEngine("AAPL"), FeatureEngine("AAPL")
     for i, revs in enumerate(minutes):
-        last: FeatureValues | None = None
+        last: Features | None = None
         for rev, (close, volume, repeated) in enumerate(revs):
             last = live.update(_minute(i), close, volume, rev)
             assert last is not None and last.revision == rev

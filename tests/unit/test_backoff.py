@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from opsinfra.backoff import backoff_delay, connection_limit_delay
+from opsinfra.backoff import Backoff, backoff_delay, connection_limit_delay
 
 
 @pytest.mark.parametrize("draw", [0.0, 0.25, 0.5, 0.999999, 1.0])
@@ -56,3 +56,10 @@ def test_connection_limit_wait_rejects_nonsense() -> None:
         connection_limit_delay(wait=0.0, jitter=1.0, rand=lambda: 0.5)
     with pytest.raises(ValueError):
         connection_limit_delay(wait=1.0, jitter=-1.0, rand=lambda: 0.5)
+
+
+def test_a_retry_loop_counts_its_attempts() -> None:
+    loop = Backoff(floor=0.5, cap=60.0, rand=lambda: 1.0)
+    assert [loop.next() for _ in range(9)] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert loop.attempt == 9
+    assert Backoff(floor=0.125, cap=10.0, rand=lambda: 0.0).next() == 0.125

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import ClassVar
 
@@ -163,12 +164,35 @@ def test_contract_history_only_appends_fields_with_defaults() -> None:
     """The rule that keeps header-framed old readers working, checked on the real schemas."""
     schemas = SchemaSet.load()
     for name, current in schemas.current.items():
+        released = [s for s in schemas.history if s.name == name]
+        assert released, f"{name} has no released version in schemas/history/"
         cur_fields = json.loads(current.text)["fields"]
-        for old in schemas.versions(name)[:-1]:
+        for old in released:
+            assert old.version <= current.version, f"{name} v{old.version} is newer than the current schema"
             old_fields = json.loads(old.text)["fields"]
             assert cur_fields[: len(old_fields)] == old_fields, f"{name} v{old.version} not a prefix"
             for added in cur_fields[len(old_fields) :]:
                 assert "default" in added, f"{name}.{added['name']} added without a default"
+
+
+def test_history_holds_the_current_version_of_every_schema_as_it_is() -> None:
+    """A schema changed without a new ops.version fails here: its released copy differs."""
+    schemas = SchemaSet.load()
+    released = {(s.name, s.version): s for s in schemas.history}
+    for name, current in schemas.current.items():
+        copy = released.get((name, current.version))
+        assert copy is not None, f"{name}.v{current.version}.avsc missing from schemas/history/"
+        same = json.loads(copy.text) == json.loads(current.text)
+        assert same, f"{name} changed but is still v{current.version}: give it a new version"
+
+
+def test_history_files_are_named_by_their_version() -> None:
+    history = resources.files("schemas") / "history"
+    for entry in history.iterdir():
+        if entry.name.endswith(".avsc"):
+            raw = json.loads(entry.read_text("utf-8"))
+            stem = entry.name.split(".", 1)[0]
+            assert entry.name == f"{stem}.v{raw['ops.version']}.avsc", entry.name
 
 
 def test_every_schema_matches_its_record_type() -> None:

@@ -1,5 +1,5 @@
 """FeatureEngine: values against TA-Lib and numpy, and the bar-ordering contract (duplicates,
-updated bars, out-of-order bars), state round trips and the FeatureValues record itself.
+updated bars, out-of-order bars), state round trips and the Features record it returns.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import talib
 
-from trading.features import FeatureEngine, FeatureValues, InvalidBar, OutOfOrderBar
+from schemas.records import Features
+from trading.features import FeatureEngine, InvalidBar, OutOfOrderBar
 from trading.indicators import MACD, RSI, SMA, Bollinger
 
 REL = 1e-9
@@ -54,7 +55,7 @@ def bars(n: int, seed: int = 11) -> tuple[list[float], list[int]]:
     return closes, volumes
 
 
-def feed(engine: FeatureEngine, closes: list[float], volumes: list[int]) -> list[FeatureValues]:
+def feed(engine: FeatureEngine, closes: list[float], volumes: list[int]) -> list[Features]:
     out = []
     for i, (c, v) in enumerate(zip(closes, volumes, strict=True)):
         rec = engine.update(minute(i), c, v)
@@ -311,12 +312,12 @@ def test_from_state_refuses_other_indicator_parameters(key: str, other: Any) -> 
 def test_feature_values_is_a_frozen_slotted_dataclass() -> None:
     closes, volumes = bars(40)
     rec = feed(FeatureEngine("AAPL"), closes, volumes)[-1]
-    assert [f.name for f in dataclasses.fields(FeatureValues)] == FIELDS
-    assert type(rec) is FeatureValues
+    assert [f.name for f in dataclasses.fields(Features)] == FIELDS
+    assert type(rec) is Features
     assert not hasattr(rec, "__dict__")
     with pytest.raises(dataclasses.FrozenInstanceError):
         rec.close = 1.0  # type: ignore[misc]
     # The engine's fast construction path gives exactly what the constructor gives.
-    same = FeatureValues(**dataclasses.asdict(rec))
+    same = Features(**dataclasses.asdict(rec))
     assert same == rec and hash(same) == hash(rec) and repr(same) == repr(rec)
     assert dataclasses.replace(rec, revision=4).revision == 4

@@ -1,0 +1,76 @@
+"""The runbook's checks of a run's decisions: what the topics say was decided against what the
+tables hold, each a count that is 0 on a correct run and can be non-zero on a wrong one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from opsinfra.settings import Settings
+from schemas.codec import Codec
+from schemas.records import Execution, Recommendation, ScoredNews
+from schemas.topic_io import read_records
+from schemas.topics import EXECUTIONS, NEWS_SCORED, SIGNALS, TopicSpec
+from trading.execution import FAILED, FILLED, FINAL_STATUSES, SUBMITTED
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class LiveRecords:
+    """What the live stages decided, as their topics hold it (each partition in offset order)."""
+
+    executions: list[Execution]
+    signals: list[Recommendation]
+    scored: list[ScoredNews]
+
+    @classmethod
+    def read(cls, settings: Settings, bootstrap: str, codec: Codec) -> LiveRecords:
+        def records(spec: TopicSpec, kind: type[R]) -> list[R]:
+            got = read_records(settings, bootstrap, codec, spec, quiet_s=0.3)
+            got.sort(key=lambda m: (m[0].partition, m[0].offset))
+            return [r for _, r in got if isinstance(r, kind)]
+
+        return cls(records(EXECUTIONS, Execution), records(SIGNALS, Recommendation),
+                   records(NEWS_SCORED, ScoredNews))
+
+
+def decision_checks(
+    executions: Sequence[Execution],
+    signals: Iterable[Recommendation],
+    accounts: Iterable[str],
+    recommendation_rows: Collection[str],
+    execution_rows: Collection[tuple[str, str]],
+) -> dict[str, int]:
+    """Runbook checks of the decisions, each a count that is 0 on a correct run: `executions` and
+    `signals` as read from their topics (each partition in offset order), the rows the keys of
+    dispatch_recommendations and of dispatch_executions (recommendation, account)."""
+    statuses: dict[tuple[str, str], list[str]] = {}
+    for e in executions:
+        statuses.setdefault((e.recommendation_id, e.account), []).append(e.status)
+    ids = {r.id for r in signals}
+    names = list(accounts)
+    rows = set(execution_rows)
+    return {
+        "executions topic: (recommendation, account) without exactly one final decision": sum(
+            not _one_decision(s) for s in statuses.values()
+        ),
+        "signals without a dispatch_recommendations row": len(ids - set(recommendation_rows)),
+        "(signal, account) without a dispatch_executions row": sum(
+            (i, a) not in rows for i in ids for a in names
+        ),
+        "dispatch_executions rows without a dispatch_recommendations row": sum(
+            i not in recommendation_rows for i, _ in rows
+        ),
+    }
+
+
+def _one_decision(statuses: Sequence[str]) -> bool:
+    """A single final status, or SUBMITTED records (the order's write-ahead, the broker's
+    acknowledgement) followed by one FILLED or FAILED."""
+    *before, last = statuses
+    if not before:
+        return last in FINAL_STATUSES
+    return last in (FILLED, FAILED) and all(s == SUBMITTED for s in before)
