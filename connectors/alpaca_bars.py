@@ -29,6 +29,7 @@ from connectors.credentials import Credentials, CredentialSource, CredentialsUna
 from connectors.gaps import GapDetector, chunks, stalled
 from connectors.intake import ORIGIN_STREAM, STAGE, BarIntake, BarSink, ProducerSink
 from connectors.revisions import RevisionBook
+from connectors.topic_tail import bars_tail
 from opsinfra.backoff import backoff_delay, connection_limit_delay
 from opsinfra.endpoints import Endpoints
 from opsinfra.errors import ConfigError, PipelineError
@@ -36,7 +37,10 @@ from opsinfra.kafka_io import DeliveryError
 from opsinfra.metrics import Metrics
 from opsinfra.metrics import metrics as process_metrics
 from opsinfra.settings import Settings
+from schemas.codec import make_codec
 from schemas.records import Bar
+from schemas.topic_io import RecordProducer
+from schemas.topics import BARS
 from trading.calendar import TradingCalendar
 from trading.clock import WaitingClock, WallClock
 
@@ -376,10 +380,6 @@ def build(
 ) -> BarsConnector:
     """The stage's connector, wired to the broker as `run` wires it. Production passes nothing;
     a test passes a bar-time clock and the real-time knobs (poll, flush) to compress a session."""
-    from connectors.topic_tail import bars_tail
-    from schemas.codec import make_codec
-    from schemas.topic_io import RecordProducer
-    from schemas.topics import BARS
 
     config = BarsConfig.from_settings(settings, **timings)
     codec = make_codec(endpoints.schema_registry_url)

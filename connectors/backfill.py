@@ -8,13 +8,16 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from connectors.alpaca_rest import BarHistory
 from connectors.gaps import GapDetector, GapReport, chunks
 from connectors.intake import BarIntake, BarSink, IntakeStats
 from connectors.revisions import RevisionBook
 from schemas.records import Bar
 from trading.calendar import TradingCalendar
+
+if TYPE_CHECKING:  # alpaca-py loads pandas: imported where a client is made
+    from connectors.alpaca_rest import BarHistory
 
 
 @dataclass

@@ -19,19 +19,25 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from connectors.replay import Rejected, counts_text
+from connectors.feeds import html_to_text
+from connectors.replay import FILE_COLUMNS, Rejected, counts_text, load_bar_file, prepare_bars, prepare_rows
+from opsinfra.endpoints import resolve
 from opsinfra.errors import InputError, PipelineError
 from opsinfra.settings import Settings
+from pipeline.notebook import _as_utc
 from pipeline.report import _fmt, write_html
-from schemas.records import Bar, NewsItem, Record, ScoredNews
-from trading.accounts import AccountConfig
+from schemas.codec import make_codec
+from schemas.records import Bar, Execution, Features, NewsItem, Recommendation, Record, ScoredNews
+from schemas.topic_io import read_decoded
+from trading.accounts import AccountConfig, accounts_from_settings, load_accounts
 from trading.backtest import Backtester, BacktestResult
+from trading.calendar import TradingCalendar
+from trading.signals import strategy_from_settings
 
 console = Console()
 
 
 def _time(text: str | None) -> datetime | None:
-    from pipeline.notebook import _as_utc
 
     return _as_utc(text)
 
@@ -53,7 +59,6 @@ def _option_time(option: str, text: str | None) -> datetime | None:
 
 def checked_accounts(value: str | Path, source: str, error: type[PipelineError]) -> tuple[AccountConfig, ...]:
     """Accounts from inline JSON or a .json/.toml file, or `error` saying what is wrong with `source`."""
-    from trading.accounts import load_accounts
 
     try:
         return load_accounts(value)
@@ -77,7 +82,6 @@ def load_bars(
     symbols: set[str] | None,
 ) -> tuple[list[Bar], list[Rejected]]:
     """Bars in replay order ((ts, revision), stable, exact repeats dropped) and the rows rejected."""
-    from connectors.replay import load_bar_file, prepare_bars, prepare_rows
 
     if bars_file is not None:
         prep = prepare_rows(load_bar_file(bars_file))
@@ -95,9 +99,6 @@ def load_bars(
 
 
 def _read_topic(settings: Settings, topic: str, record_type: type[Record]) -> list[Record]:
-    from opsinfra.endpoints import resolve
-    from schemas.codec import make_codec
-    from schemas.topic_io import read_decoded
 
     endpoints = resolve(settings, need_db=False)
     codec = make_codec(endpoints.schema_registry_url)
@@ -165,7 +166,6 @@ def _news_item(r: dict[str, Any]) -> NewsItem:
 
 
 def _text(html_or_text: str) -> str:
-    from connectors.feeds import html_to_text
 
     return html_to_text(html_or_text)
 
@@ -199,7 +199,6 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]
 
 def write_rejected(path: Path, rejected: Sequence[Rejected]) -> int:
     """rejected.csv: the row's number in the file, the kind of reason, the reason, the raw row."""
-    from connectors.replay import FILE_COLUMNS
 
     raw = list(dict.fromkeys([*FILE_COLUMNS, *(k for r in rejected for k in r.row)]))
     rows = ({"row": r.number, "kind": r.label, "reason": r.reason, **r.row} for r in rejected)
@@ -210,7 +209,6 @@ def write_outputs(
     out: Path, result: BacktestResult, title: str, rejected: Sequence[Rejected] | None = None
 ) -> dict[str, Any]:
     """The result files; with `rejected` (rows of a bar file), rejected.csv and counts by reason too."""
-    from schemas.records import Execution, Features, Recommendation
 
     out.mkdir(parents=True, exist_ok=True)
     # by (bar time, symbol), stably: symbols of one minute come in whatever order the input interleaved
@@ -309,9 +307,6 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Run features, signals, gates, fills and positions over bars in-process (bar time as the clock)."""
-        from trading.accounts import accounts_from_settings
-        from trading.calendar import TradingCalendar
-        from trading.signals import strategy_from_settings
 
         settings: Settings = ctx.obj
         if (bars is None) == (topic is None):

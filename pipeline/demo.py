@@ -18,17 +18,27 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from connectors.feeds import html_to_text
+from connectors.intake import BarIntake, ProducerSink
+from connectors.replay import load_bar_file, prepare_rows, publish
 from opsinfra.embedded import EmbeddedServices, EmbeddedState
-from opsinfra.errors import PipelineError
+from opsinfra.errors import DecodeError, PipelineError
+from opsinfra.kafka_config import admin_config
 from opsinfra.kafka_io import read_to_end, true_end_offsets
 from opsinfra.settings import Settings, redact_url
+from pipeline import sample_session
+from pipeline.backtest_cli import print_summary, write_outputs
+from pipeline.provision import provision
 from pipeline.runbook import LiveRecords, decision_checks
 from pipeline.supervisor import StageProcesses
-from schemas.codec import make_codec
+from schemas.codec import decode, make_codec
 from schemas.records import Execution, NewsItem
 from schemas.topic_io import RecordProducer
 from schemas.topics import ALL_TOPICS, NEWS_RAW, NEWS_SCORED
 from trading.accounts import accounts_from_settings
+from trading.backtest import Backtester
+from trading.calendar import TradingCalendar
+from trading.signals import strategy_from_settings
 
 SESSION_DIR = Path("data/sample_session")
 STAGES = ("features", "classifier", "signals", "dispatch", "positions", "watchlist", "sink")
@@ -39,7 +49,6 @@ def _session_dir(data_dir: Path) -> Path:
     """The bundled session, or a regenerated copy when running outside the repository."""
     if (SESSION_DIR / "bars.csv").exists():
         return SESSION_DIR
-    from pipeline import sample_session
 
     out = data_dir / "sample_session"
     if not (out / "bars.csv").exists():
@@ -48,7 +57,6 @@ def _session_dir(data_dir: Path) -> Path:
 
 
 def _news_items(path: Path) -> list[NewsItem]:
-    from connectors.feeds import html_to_text
 
     items = []
     for line in path.read_text("utf-8").splitlines():
@@ -75,7 +83,6 @@ def _committed(settings: Settings, bootstrap: str, topics: set[str]) -> dict[str
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
 
-    from opsinfra.kafka_config import admin_config
 
     admin = AdminClient(admin_config(settings, bootstrap))
     out: dict[str, dict[tuple[str, int], int]] = {}
@@ -207,8 +214,6 @@ def _summary(
 
 
 def run_demo(settings: Settings, console: Console) -> int:
-    from connectors.replay import load_bar_file, prepare_rows
-    from pipeline.provision import provision
 
     started = time.monotonic()
     session = _session_dir(settings.pipeline_data_dir)
@@ -258,8 +263,6 @@ def run_demo(settings: Settings, console: Console) -> int:
         _wait_scored(settings, bootstrap, {n.id for n in news}, stages)
 
         prep = prepare_rows(load_bar_file(session / "bars.csv"))
-        from connectors.intake import BarIntake, ProducerSink
-        from connectors.replay import publish
 
         with RecordProducer(settings, bootstrap, codec) as producer:
             report = publish(prep, BarIntake(ProducerSink(producer), symbols=None), origin="demo", speed=None)
@@ -288,8 +291,6 @@ def run_demo(settings: Settings, console: Console) -> int:
 def _wait_scored(
     settings: Settings, bootstrap: str, ids: set[str], stages: StageProcesses, timeout_s: float = 180
 ) -> None:
-    from opsinfra.errors import DecodeError
-    from schemas.codec import decode
 
     codec = make_codec(settings.schema_registry_url)
     topic = settings.topic(NEWS_SCORED.name)
@@ -313,10 +314,6 @@ def _report_and_parity(
     settings: Settings, live: LiveRecords, bars: list[Any], out: Path, console: Console
 ) -> dict[str, Any]:
     """The session's report from the live executions, and the same session backtested in-process."""
-    from pipeline.backtest_cli import print_summary, write_outputs
-    from trading.backtest import Backtester
-    from trading.calendar import TradingCalendar
-    from trading.signals import strategy_from_settings
 
     calendar = TradingCalendar()
     if bars:

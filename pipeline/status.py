@@ -10,14 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from connectors.alpaca_rest import AlpacaBarHistory, BarHistory, RawBars
 from connectors.credentials import CredentialSource
 from connectors.gaps import chunks
 from opsinfra.endpoints import Endpoints
@@ -32,6 +31,9 @@ from schemas.topics import BARS, CONTRACT, EXECUTIONS, NEWS_RAW
 from trading.accounts import AccountDesk, accounts_from_settings
 from trading.calendar import TradingCalendar, trading_day
 from trading.clock import MINUTE
+
+if TYPE_CHECKING:
+    from connectors.alpaca_rest import BarHistory, RawBars
 
 TABLES = (
     "lane_telemetry",
@@ -301,6 +303,8 @@ def collect(
 
 def _rest_history(settings: Settings) -> BarHistory:
     """Alpaca REST with the stage's keys and feed; CredentialsUnavailable (a ConfigError) if none."""
+    from connectors.alpaca_rest import AlpacaBarHistory  # alpaca-py (and pandas), only with keys
+
 
     creds = CredentialSource.from_settings(settings).load(reason="status")
     return AlpacaBarHistory(creds, feed=settings.alpaca_feed, url=settings.alpaca_data_url)

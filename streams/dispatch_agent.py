@@ -18,6 +18,7 @@ from typing import Any
 from connectors.alpaca_trading import AlpacaOrders, OrderOutcome, TradeUpdates, outcome_of_update
 from connectors.credentials import CredentialSource
 from opsinfra.endpoints import Endpoints
+from opsinfra.kafka_config import admin_config
 from opsinfra.settings import Settings
 from schemas.records import Execution, Features, Recommendation, Record
 from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
@@ -201,7 +202,6 @@ class DispatchHandler:
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
-            from opsinfra.kafka_config import admin_config
 
             bootstrap = self.endpoints.kafka_bootstrap_servers
             self._admin = AdminClient(admin_config(self.papp.settings, bootstrap))
