@@ -1,4 +1,4 @@
-"""Throughput of streams.indicators and FeatureEngine in pure Python, next to talipp if installed.
+"""Throughput of trading.indicators and FeatureEngine in pure Python, next to talipp if installed.
 
 Run: python bench/bench_indicators.py [--bars N] [--talipp-bars M]. Prints figures, asserts nothing.
 """
@@ -179,7 +179,7 @@ def main() -> None:
 
     closes, volumes = random_walk(args.bars)
     ours = bench_ours(closes, volumes)
-    print(f"streams.indicators, {args.bars:,} random-walk bars, best of 3 (updates/s)\n")
+    print(f"trading.indicators, {args.bars:,} random-walk bars, best of 3 (updates/s)\n")
     print(
         table(["indicator", "updates/s", "ns/update"], [(n, f"{r:,.0f}", f"{1e9 / r:,.0f}") for n, r in ours])
     )

@@ -1,10 +1,6 @@
-"""The bars connector: Alpaca's websocket minute bars and updated bars -> market.bars.1m.
-
-It speaks Alpaca's protocol with `websockets` from our own event loop instead of running
-alpaca-py's StockDataStream: that client hides the error code we must branch on (406 vs 402),
-owns the retry loop and the keys, and has no hook after a reconnect (see the README). The pure
-parts live in alpaca_protocol, intake, gaps, revisions and backoff; this module only waits.
-Metrics (stage "bars"): reconnects and absorbed errors here, records and DLQ in intake.ProducerSink.
+"""The bars connector: Alpaca's websocket minute bars and updated bars -> market.bars.1m, spoken with
+`websockets` from our own loop (alpaca-py's StockDataStream hides the 406/402 codes and owns the
+retry loop: see the README); the pure parts are in alpaca_protocol, intake, gaps and revisions.
 """
 
 from __future__ import annotations

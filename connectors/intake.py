@@ -1,7 +1,5 @@
-"""One path from a raw bar to the topic, shared by the live stream, the REST backfill and replay.
-
-parse -> validate -> revision book -> sink, or a DeadLetter with the reason and the raw payload.
-No I/O of its own: the sink is injected (a RecordProducer in production, a list in unit tests).
+"""One path from a raw bar to the topic for the live stream, the REST backfill and replay: parse ->
+validate -> revision book -> sink, or a DeadLetter with the reason and the raw payload.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Replay: bars from a file, a topic range or Postgres, re-published in (ts, revision) order.
-
-Rows pass the live bars' parse/validate; a bad row goes to the DLQ (or rejected.csv) with its
-reason and raw values, and the replay goes on.
+"""Replay: bars from a file, a topic range or Postgres, re-published in (ts, revision) order; rows
+pass the live bars' parse/validate, and a bad row goes to the DLQ (or rejected.csv) with its reason.
 """
 
 from __future__ import annotations

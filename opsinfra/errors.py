@@ -1,7 +1,5 @@
-"""The one error tree of ops-pipeline: callers branch on these classes, never on message text.
-
-Each class says how the CLI reports it: `exit_code` (2: fix the configuration or input, 1: a
-failure at run time) and an optional `hint`, the "what to do" of `error: <what> (<hint>)`.
+"""The one error tree: callers branch on these classes, never on message text; each class carries
+how the CLI reports it (`exit_code` 2 for configuration and input, 1 at run time, and a `hint`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""One frozen settings object, built once at the edge from the environment (and `.env`).
-
-Names are the ecosystem's own (KAFKA_*, APCA_*, DATABASE_URL, SCHEMA_REGISTRY_URL) so a
-deployment's existing environment works unchanged. Secrets are `SecretStr`: never in reprs or logs.
+"""One frozen settings object, built once at the edge from the environment (and `.env`), under the
+ecosystem's own names (KAFKA_*, APCA_*, DATABASE_URL, ...); secrets are SecretStr, never logged.
 """
 
 from __future__ import annotations

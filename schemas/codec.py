@@ -1,10 +1,5 @@
-"""Avro codec for message values, in two framings.
-
-With a schema registry: the Confluent wire format (magic byte, schema id), through
-confluent-kafka's AvroSerializer/AvroDeserializer. Without one: plain Avro with the schema's
-full name and version in message headers; a reader resolves older writers from `history/`
-and reads newer ones with its own schema, which works because new fields are only ever
-appended (Avro binary is the fields in order; trailing bytes of appended fields are skipped).
+"""The Avro codec of message values in both framings: Confluent's wire format with a registry, else
+plain Avro with the schema name and version in headers (older writers read from `history/`).
 """
 
 from __future__ import annotations

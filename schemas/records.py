@@ -1,6 +1,4 @@
-"""Record types of the topic contract: one frozen dataclass per `.avsc`, with its key.
-
-Agents, connectors, sinks and tests import these rather than building dicts, so a field
+"""Record types of the topic contract: one frozen dataclass per `.avsc`, with its key, so a field
 rename is one change here and in the schema file.
 """
 

@@ -1,7 +1,5 @@
-"""The topic registry: each contract topic's name, key, record type, partitions and config.
-
-Topics keyed by symbol share one partition count so an agent can join them per partition.
-Configs are explicit at creation because some brokers (Tansu) report only what was set then.
+"""The topic registry: each contract topic's name, key, record type, partitions and config (explicit
+at creation: some brokers report only what was set then); symbol-keyed topics are co-partitioned.
 """
 
 from __future__ import annotations

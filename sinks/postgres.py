@@ -1,8 +1,5 @@
-"""The `sink` stage: every contract topic into its PostgreSQL table, exactly once in effect.
-
-Its position is `sink_offsets`, written in the transaction of the rows it covers; Kafka commits
-are advisory (lag metrics). The server upserts one batch while the sink decodes the next.
-Prometheus metrics (stage "sink") move when a batch commits; lag comes from librdkafka statistics.
+"""The `sink` stage: every contract topic into its PostgreSQL table, exactly once in effect: its
+position (`sink_offsets`) commits with the rows it covers, and Kafka commits are advisory.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""The sink's side of PostgreSQL: one connection, one transaction per batch, poison isolated.
-
-Rows, dead letters and the next offset of every partition commit together, so a crash anywhere
-loses or doubles nothing. Errors are sorted by class: poison rows, configuration, or transient.
+"""The sink's side of PostgreSQL: one transaction per batch holding the rows, the dead letters and the
+next offsets, so a crash loses or doubles nothing; errors sorted by class (poison, config, transient).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class DispatchConfig:
     alpaca_url: str | None = None  # trading REST override (paper endpoint by default)
     alpaca_stream_url: str | None = None  # trade_updates websocket override
     trade_updates: bool = True
-    # event-time order (streams.ordering): a minute is decided once every features partition has
+    # event-time order (trading.ordering): a minute is decided once every features partition has
     # moved past it and `order_grace_s` more has passed for its signals; `order_idle_s` of silence
     # releases everything held
     order_grace_s: float = 0.5

@@ -144,7 +144,7 @@ class Backtester:
         return count
 
     def _decide(self, bars_now: list[Features], recs_now: list[Recommendation]) -> None:
-        """One minute's decisions in the canonical order (streams.ordering): the bars (exits) by
+        """One minute's decisions in the canonical order (trading.ordering): the bars (exits) by
         symbol, then the signals by symbol, as the dispatch agent releases them."""
         desks = self.desks
         res = self.result

@@ -1,4 +1,4 @@
-"""Table-driven checks of streams.indicators against TA-Lib on hand-picked series.
+"""Table-driven checks of trading.indicators against TA-Lib on hand-picked series.
 
 TA-Lib is the batch reference: every streamed value must equal its value for the same bar.
 """
