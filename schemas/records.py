@@ -242,6 +242,158 @@ class DeadLetter(Record):
         return self.original_key.decode("utf-8", "replace") if self.original_key else ""
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerOrder:
+    """An open order at Alpaca (nested in BrokerAccount); a bracket leg names its parent."""
+
+    id: str
+    client_order_id: str | None
+    symbol: str
+    asset_class: str
+    side: str
+    qty: float | None
+    filled_qty: float
+    order_type: str
+    order_class: str
+    status: str
+    limit_price: float | None = None
+    stop_price: float | None = None
+    parent_id: str | None = None
+    submitted_at: datetime | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAccount(Record):
+    SCHEMA: ClassVar[str] = "broker_account"
+    account: str
+    as_of: datetime
+    status: str
+    currency: str
+    cash: float
+    buying_power: float
+    options_buying_power: float | None
+    equity: float
+    last_equity: float | None
+    long_market_value: float | None
+    short_market_value: float | None
+    options_approved_level: int | None
+    trading_blocked: bool
+    open_orders: list[BrokerOrder] = field(default_factory=list)
+    trigger: str = "poll"
+
+    def key(self) -> str:
+        return self.account
+
+    def to_avro(self) -> dict[str, Any]:
+        data = Record.to_avro(self)
+        data["open_orders"] = [o.to_avro() for o in self.open_orders]
+        return data
+
+    @classmethod
+    def from_avro(cls, data: dict[str, Any]) -> Self:
+        data = dict(data)
+        data["open_orders"] = [BrokerOrder(**o) for o in data.get("open_orders") or ()]
+        return super(BrokerAccount, cls).from_avro(data)
+
+
+ASSET_CLASSES = frozenset({"us_equity", "us_option", "crypto"})
+ORIGINS = frozenset({"pipeline", "external"})
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPosition(Record):
+    SCHEMA: ClassVar[str] = "broker_position"
+    account: str
+    symbol: str
+    as_of: datetime
+    asset_class: str
+    qty: float  # signed: a short is negative; 0 once closed
+    avg_entry_price: float
+    market_value: float | None
+    cost_basis: float | None
+    unrealized_pl: float | None
+    unrealized_plpc: float | None
+    current_price: float | None
+    origin: str
+    underlying: str | None = None
+    expiration: str | None = None  # ISO date
+    option_type: str | None = None  # call or put
+    strike: float | None = None
+    multiplier: float = 1.0
+
+    def key(self) -> str:
+        return f"{self.account}:{self.symbol}"
+
+
+@dataclass(frozen=True, slots=True)
+class OptionQuote(Record):
+    SCHEMA: ClassVar[str] = "option_quote"
+    contract: str
+    underlying: str
+    as_of: datetime
+    bid: float | None
+    ask: float | None
+    bid_size: float | None
+    ask_size: float | None
+    last: float | None
+    iv: float | None
+    delta: float | None
+    gamma: float | None
+    theta: float | None
+    vega: float | None
+    source: str
+    fetched_at: datetime
+
+    def key(self) -> str:
+        return self.contract
+
+    @property
+    def mid(self) -> float | None:
+        if self.bid is None or self.ask is None or self.bid <= 0 or self.ask < self.bid:
+            return None
+        return (self.bid + self.ask) / 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class EquityPoint(Record):
+    SCHEMA: ClassVar[str] = "equity_point"
+    account: str
+    ts: datetime
+    equity: float
+    cash: float
+    realized_pnl: float
+    unrealized_pnl: float
+    open_positions: int
+    source: str
+
+    def key(self) -> str:
+        return self.account
+
+
+RECONCILE_KINDS = ("quantity", "unknown_position", "closed_at_broker", "missed_fill", "unknown_order",
+                   "cash_drift")
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileEvent(Record):
+    SCHEMA: ClassVar[str] = "reconcile_event"
+    account: str
+    as_of: datetime
+    decided_at: datetime
+    kind: str
+    symbol: str | None
+    desk: str
+    broker: str
+    action: str
+    detail: str
+
+    def key(self) -> str:
+        return self.account
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.SCHEMA: cls
     for cls in (
@@ -254,5 +406,10 @@ RECORD_TYPES: dict[str, type[Record]] = {
         Position,
         WatchlistEntry,
         DeadLetter,
+        BrokerAccount,
+        BrokerPosition,
+        OptionQuote,
+        EquityPoint,
+        ReconcileEvent,
     )
 }

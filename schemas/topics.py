@@ -8,6 +8,11 @@ from dataclasses import dataclass
 
 from schemas.records import (
     Bar,
+    BrokerAccount,
+    BrokerPosition,
+    EquityPoint,
+    OptionQuote,
+    ReconcileEvent,
     DeadLetter,
     Execution,
     Features,
@@ -55,6 +60,14 @@ SIGNALS = TopicSpec("signals", Recommendation, "symbol", SYMBOL_PARTITIONS, 90 *
 EXECUTIONS = TopicSpec("executions", Execution, "account:recommendation id", SYMBOL_PARTITIONS, 365 * DAY_MS)
 POSITIONS = TopicSpec("positions", Position, "account:symbol", SYMBOL_PARTITIONS, 365 * DAY_MS)
 WATCHLIST = TopicSpec("watchlist", WatchlistEntry, "symbol", SYMBOL_PARTITIONS, 30 * DAY_MS)
+# The broker's truth, published before any decision reads it (the dispatch agent consumes the
+# first two with its signals, so they share the symbol topics' partition count).
+BROKER_ACCOUNTS = TopicSpec("broker.accounts", BrokerAccount, "account", SYMBOL_PARTITIONS, 365 * DAY_MS)
+BROKER_POSITIONS = TopicSpec("broker.positions", BrokerPosition, "account:symbol", SYMBOL_PARTITIONS,
+                             365 * DAY_MS)
+OPTION_QUOTES = TopicSpec("options.quotes", OptionQuote, "contract", SYMBOL_PARTITIONS, 90 * DAY_MS)
+EQUITY = TopicSpec("equity", EquityPoint, "account", SYMBOL_PARTITIONS, 365 * DAY_MS)
+RECONCILE = TopicSpec("reconcile", ReconcileEvent, "account", SYMBOL_PARTITIONS, 365 * DAY_MS)
 
 CONTRACT: tuple[TopicSpec, ...] = (
     BARS,
@@ -65,6 +78,11 @@ CONTRACT: tuple[TopicSpec, ...] = (
     EXECUTIONS,
     POSITIONS,
     WATCHLIST,
+    BROKER_ACCOUNTS,
+    BROKER_POSITIONS,
+    OPTION_QUOTES,
+    EQUITY,
+    RECONCILE,
 )
 ALL_TOPICS: tuple[TopicSpec, ...] = CONTRACT + tuple(t.dlq for t in CONTRACT)
 _BY_NAME = {t.name: t for t in ALL_TOPICS}

@@ -8,6 +8,12 @@ from datetime import datetime
 
 from schemas.records import (
     Bar,
+    BrokerAccount,
+    BrokerOrder,
+    BrokerPosition,
+    EquityPoint,
+    OptionQuote,
+    ReconcileEvent,
     Execution,
     Features,
     GateResult,
@@ -81,6 +87,26 @@ def sample_records(ts: datetime) -> dict[str, Record]:
         ),
         "positions": Position("large-100k", "AAPL", 10.0, 190.12, ts, 186.3, 197.7, "OPEN", 0.0, ts, None),
         "watchlist": WatchlistEntry("AAPL", ts, 0.82, 1, 1.5, 0.004, 0.4, ["volume", "momentum"]),
+        "broker.accounts": BrokerAccount(
+            "large-100k", ts, "ACTIVE", "USD", 95_000.0, 190_000.0, 95_000.0, 121_000.0, 120_500.0,
+            26_000.0, 0.0, 2, False,
+            [BrokerOrder("6f1d-order", None, "QCOM260206C00150000", "us_option", "sell", 1.0, 0.0, "limit",
+                         "simple", "new", 4.2, None, None, ts)],
+            "poll",
+        ),
+        "broker.positions": BrokerPosition(
+            "large-100k", "QCOM260206C00150000", ts, "us_option", 2.0, 3.1, 840.0, 620.0, 220.0, 0.3548,
+            4.2, "external", "QCOM", "2026-02-06", "call", 150.0, 100.0,
+        ),
+        "options.quotes": OptionQuote(
+            "QCOM260206C00150000", "QCOM", ts, 4.1, 4.3, 12.0, 8.0, 4.2, 0.31, 0.52, 0.04, -0.08, 0.12,
+            "snapshot", ts,
+        ),
+        "equity": EquityPoint("large-100k", ts, 121_000.0, 95_000.0, 150.0, 220.0, 1, "broker"),
+        "reconcile": ReconcileEvent(
+            "large-100k", ts, ts, "closed_at_broker", "AAPL", "OPEN 10 @ 190.12", "flat", "adopted",
+            "the position was closed at the broker (a manual sale or a bracket leg)",
+        ),
     }
 
 

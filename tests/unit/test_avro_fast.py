@@ -54,7 +54,8 @@ def _samples() -> list[Record]:
 def test_the_fast_paths_cover_the_schemas_they_are_for() -> None:
     # readers: every schema (the sink reads them all); the writer: flat records of primitives
     assert set(READERS) == set(SCHEMAS) == set(RECORD_TYPES)
-    assert set(WRITERS) == {"bar", "features", "news_item", "position"}
+    assert set(WRITERS) == {"bar", "features", "news_item", "position", "broker_position", "option_quote",
+                            "equity_point", "reconcile_event"}
 
 
 @pytest.mark.parametrize("record", _samples(), ids=lambda r: r.SCHEMA)
