@@ -25,7 +25,9 @@ from trading.gates import (
     entry_window,
     failure_reason,
 )
+from trading.broker import BrokerView
 from trading.positions import OpenPosition
+from trading.reconcile import ADJUST, EXTERNAL_EXIT, BrokerTruth
 
 _TICK = timedelta(microseconds=1)
 _NO_EXITS: tuple[Execution, ...] = ()
@@ -86,11 +88,12 @@ def accounts_from_settings(settings: Any) -> tuple[AccountConfig, ...]:
 # -- the desk -----------------------------------------------------------------------------------
 
 
-class AccountDesk:
+class AccountDesk(BrokerTruth):
     """Decides for one account: exactly one Execution per (recommendation, account)."""
 
     __slots__ = ("config", "calendar", "gates", "state", "_status", "_submitted", "_marks", "_day_cache",
-                 "_last_stamp")
+                 "_last_stamp", "broker", "_in_flight", "_coids", "_broker_ids", "_reported", "_cash_flow",
+                 "_external_attempts", "_external_orders")
 
     def __init__(self, config: AccountConfig, calendar: SessionCalendar) -> None:
         self.config = config
@@ -103,6 +106,15 @@ class AccountDesk:
         # (utc start, utc end, flatten-at or None, date) of the trading day last looked up
         self._day_cache: tuple[datetime, datetime, datetime | None, date] | None = None
         self._last_stamp: datetime | None = None
+        # the broker's truth (alpaca-paper accounts; see trading.reconcile)
+        self.broker = BrokerView()
+        self._in_flight: list[tuple[datetime, float]] = []
+        self._coids: set[str] = set()
+        self._broker_ids: set[str] = set()
+        self._reported: set[str] = set()
+        self._cash_flow = 0.0
+        self._external_attempts: dict[str, int] = {}
+        self._external_orders: dict[str, str] = {}
 
     def _stamp(self, now: datetime) -> datetime:
         """decided_at: the clock time, nudged by microseconds to be strictly increasing per account,
@@ -145,7 +157,10 @@ class AccountDesk:
         config = self.config
         qty = ex.entry_qty(config.notional_per_trade, price, fractional=config.fractional)
         plan = OrderPlan(rec.symbol, rec.action, "entry", rec.confidence, rec.ts, price, qty)
-        gates = self.gates.evaluate(state, plan, now)
+        if config.uses_broker:
+            gates = self.gates.evaluate(state, plan, now, self.broker, self.in_flight())
+        else:
+            gates = self.gates.evaluate(state, plan, now)
         reason = failure_reason(gates)
         if reason is not None:
             status, fill = ex.SKIPPED, None
@@ -222,7 +237,7 @@ class AccountDesk:
         config = self.config
         action = pos.exit_action
         plan = OrderPlan(pos.symbol, action, "exit", 1.0, bar_ts, price, pos.qty)
-        gates = self.gates.evaluate(self.state, plan, now)
+        gates = self.gates.evaluate(self.state, plan, now, self.broker if config.uses_broker else None)
         gates.append(ex.exit_gate(reason, detail))
         if config.mode == "simulate":
             status, fill = ex.SIMULATED, ex.simulated_price(action, price, config.slippage_bps)
@@ -264,9 +279,13 @@ class AccountDesk:
         if prev == status:
             if status == ex.SUBMITTED and execution.broker_order_id:
                 self._submitted[rid] = execution  # the broker's id became known
+                self._broker_ids.add(execution.broker_order_id)
             return False
         if prev is not None and prev != ex.SUBMITTED:
             return False  # final statuses do not change
+        self.note_decision(execution)
+        if execution.intent in (EXTERNAL_EXIT, ADJUST):
+            return self._apply_broker_intent(execution, prev)
         state = self.state
         book = state.book
         symbol = execution.symbol
@@ -307,6 +326,36 @@ class AccountDesk:
             self._submitted.pop(rid, None)
         self._status[rid] = status
         return True
+
+    def _apply_broker_intent(self, execution: Execution, prev: str | None) -> bool:
+        """An external exit (status only: the book never held it) or an adopted quantity."""
+        rid = execution.recommendation_id
+        status = execution.status
+        if prev is None:
+            self.state.roll(self._day(execution.decided_at)[3])
+            if self._last_stamp is None or execution.decided_at > self._last_stamp:
+                self._last_stamp = execution.decided_at
+            if execution.intent == EXTERNAL_EXIT and status != ex.SKIPPED:
+                self.state.record_submit(execution.decided_at)
+        if execution.intent == EXTERNAL_EXIT:
+            self.fold_external(execution)
+        elif status in (ex.FILLED, ex.SIMULATED):
+            pos = self.state.book.get(execution.symbol)
+            if pos is not None and execution.qty:
+                pos.qty = execution.qty
+                pos.side = 1 if execution.action == "BUY" else -1
+                if execution.price:
+                    pos.set_price(execution.price, self.state.book.rules)
+        if status == ex.SUBMITTED:
+            self._submitted[rid] = execution
+        else:
+            self._submitted.pop(rid, None)
+        self._status[rid] = status
+        return True
+
+    def _flatten_now(self, now: datetime) -> bool:
+        flatten_at = self._day(now)[2]
+        return flatten_at is not None and now >= flatten_at
 
     def _open(self, execution: Execution, qty: float, price: float, *, pending: bool) -> None:
         book = self.state.book

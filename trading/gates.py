@@ -10,11 +10,14 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal, NamedTuple, Self
 
 from schemas.records import GateResult
+from trading.broker import BrokerView, ExternalRules
 from trading.calendar import NEW_YORK, SessionCalendar, trading_day
+from trading.options import is_option
 from trading.positions import ExitRules, PositionBook
 
 Mode = Literal["simulate", "alpaca-paper"]
 MODES: tuple[str, ...] = ("simulate", "alpaca-paper")
+PROTECTIVE_ORDERS: tuple[str, ...] = ("none", "bracket")
 
 #: Gate names in evaluation order (the order of Execution.gates).
 GATE_ORDER: tuple[str, ...] = (
@@ -58,6 +61,19 @@ class AccountConfig:
     session_close_lead_min: int = 15  # 16:00 close -> no entries from 15:45 (12:45 on early closes)
     slippage_bps: float = 5.0
     exits: ExitRules = field(default_factory=ExitRules)
+    # -- alpaca-paper: the account's own connection, and the broker's truth --------------------
+    credentials_file: str | None = None  # dotenv file with its APCA_API_KEY_ID / _SECRET_KEY
+    trading_url: str | None = None  # default: ALPACA_TRADING_URL, else Alpaca paper
+    broker_truth: bool = True  # gates read the broker's snapshots (alpaca-paper only)
+    max_broker_state_age_s: float = 90.0  # an older snapshot makes entries fail closed
+    cash_drift_tolerance: float = 1.0  # USD of unexplained cash change reported by reconcile
+    protective_orders: str = "none"  # "bracket": entries carry their stop and target at Alpaca
+    manage_external: str = "monitor"  # positions not opened by the pipeline: off | monitor | exit
+    external_stop_loss_pct: float = 0.5
+    external_take_profit_pct: float = 1.0
+    external_trailing_stop_pct: float | None = None
+    option_close_days_before_expiry: int = 1
+    external_flat_at_close: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or ":" in self.name:
@@ -70,6 +86,26 @@ class AccountConfig:
                 raise ValueError(f"account {self.name}: {attr} must be positive")
         if self.slippage_bps < 0:
             raise ValueError(f"account {self.name}: slippage_bps must be >= 0")
+        if self.protective_orders not in PROTECTIVE_ORDERS:
+            raise ValueError(f"account {self.name}: protective_orders {self.protective_orders!r} is not "
+                             f"one of {PROTECTIVE_ORDERS}")
+        if self.max_broker_state_age_s <= 0:
+            raise ValueError(f"account {self.name}: max_broker_state_age_s must be positive")
+        try:
+            self.external
+        except ValueError as exc:
+            raise ValueError(f"account {self.name}: {exc}") from None
+
+    @property
+    def uses_broker(self) -> bool:
+        """Whether the gates read the broker's snapshots rather than the desk's own book."""
+        return self.mode == "alpaca-paper" and self.broker_truth
+
+    @property
+    def external(self) -> ExternalRules:
+        return ExternalRules(self.manage_external, self.external_stop_loss_pct,
+                             self.external_take_profit_pct, self.external_trailing_stop_pct,
+                             self.option_close_days_before_expiry, self.external_flat_at_close)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -287,13 +323,23 @@ class GateEvaluator:
             return _gate("session", True, local, self._window_limit, "inside the entry window")
         return _gate("session", False, local, self._window_limit, "outside the entry window")
 
-    def evaluate(self, state: AccountState, plan: OrderPlan, now: datetime) -> list[GateResult]:
+    def evaluate(self, state: AccountState, plan: OrderPlan, now: datetime,
+                 broker: BrokerView | None = None, in_flight: float = 0.0) -> list[GateResult]:
         """Every gate in GATE_ORDER; entry-only gates are skipped (passed) for exits.
 
+        With `broker` (an alpaca-paper account on the broker's truth), open positions, exposure,
+        already held and buying power read its latest snapshot, buying power less `in_flight`
+        (the notional of entries decided after that snapshot), and a first gate, broker_state,
+        fails entries closed when the snapshot is missing, stale or the account is blocked.
         The caller rolls `state` to the trading day of `now` first (see AccountDesk).
         """
         if plan.intent != "entry":
-            return [_gate(name, True, None, None, _SKIPPED_FOR_EXIT) for name in GATE_ORDER]
+            out = [_gate(name, True, None, None, _SKIPPED_FOR_EXIT) for name in GATE_ORDER]
+            if broker is not None:
+                out.insert(0, _gate("broker_state", True, None, None, _SKIPPED_FOR_EXIT))
+            return out
+        if broker is not None:
+            return self._evaluate_broker(state, plan, now, broker, in_flight)
         config = self.config
         (min_conf, max_age, short_limit, max_trades, max_open, max_trade, max_account, loss_limit,
          max_submits, rate_ok) = self._limits
@@ -341,6 +387,61 @@ class GateEvaluator:
             _gate("submit_rate", recent < max_submits, recent, max_submits,
                   rate_ok if recent < max_submits else "submit rate limit reached"),
         ]
+
+
+    def _evaluate_broker(self, state: AccountState, plan: OrderPlan, now: datetime, broker: BrokerView,
+                         in_flight: float) -> list[GateResult]:
+        """The same gates, on the broker's positions and buying power (see evaluate)."""
+        gates = self.evaluate(state, plan, now)  # the book-only gates keep their meaning
+        config = self.config
+        book = state.book
+        _, _, _, _, max_open, _, max_account, _, _, _ = self._limits
+        pending = [p for p in book if p.symbol not in broker.positions]
+        open_count = float(len(broker.positions) + len(pending))
+        notional = plan.notional
+        exposure = broker.exposure() + sum(p.qty * p.avg_price for p in pending) + notional
+        mine = book.get(plan.symbol)
+        theirs = broker.held(plan.symbol)
+        option = is_option(plan.symbol)
+        power = broker.buying_power(option=option) - in_flight
+        if mine is not None:
+            held_value = mine.describe()
+        elif theirs is not None:
+            held_value = f"{theirs.qty:g} held at the broker ({theirs.origin})"
+        else:
+            held_value = "flat"
+        held = mine is not None or theirs is not None
+        by_name = {g.name: i for i, g in enumerate(gates)}
+        gates[by_name["open_positions"]] = _gate(
+            "open_positions", open_count < max_open, open_count, max_open,
+            "open positions at the broker below maximum" if open_count < max_open
+            else "max open positions reached (broker)")
+        gates[by_name["notional_per_account"]] = _gate(
+            "notional_per_account", exposure <= max_account, exposure, max_account,
+            "ok" if exposure <= max_account else "account exposure at the broker would exceed maximum")
+        gates[by_name["already_held"]] = _gate(
+            "already_held", not held, held_value, "one entry per symbol",
+            "ok" if not held else f"{plan.symbol} already held")
+        what = "options buying power" if option else "buying power"
+        gates[by_name["buying_power"]] = _gate(
+            "buying_power", notional <= power, notional, float(power),
+            f"ok ({what} at the broker less {in_flight:.2f} in flight)" if notional <= power
+            else f"insufficient {what} at the broker")
+        age = broker.age_s(now)
+        acct = broker.account
+        limit = float(config.max_broker_state_age_s)
+        # first: when the broker's state cannot be trusted, that is the reason an entry is skipped
+        if acct is None or age is None:
+            first = _gate("broker_state", False, None, limit, "no broker snapshot yet")
+        elif age > limit:
+            first = _gate("broker_state", False, age, limit, f"stale broker state: last snapshot {age:.0f}s old")
+        elif acct.trading_blocked or acct.status.upper() != "ACTIVE":
+            first = _gate("broker_state", False, age, limit,
+                          f"account {acct.status}{' (trading blocked)' if acct.trading_blocked else ''}")
+        else:
+            first = _gate("broker_state", True, age, limit, "broker snapshot fresh")
+        gates.insert(0, first)
+        return gates
 
 
 def evaluate_gates(

@@ -207,7 +207,7 @@ def test_position_left_from_an_earlier_day_is_closed_at_the_first_bar() -> None:
 
 
 def test_alpaca_mode_submitted_then_filled() -> None:
-    d = desk(mode="alpaca-paper")
+    d = desk(mode="alpaca-paper", broker_truth=False)
     r = rec()
     e = d.on_recommendation(r, at(r))
     assert e is not None and e.status == "SUBMITTED" and e.broker_order_id is None
@@ -232,7 +232,7 @@ def test_alpaca_mode_submitted_then_filled() -> None:
 
 
 def test_alpaca_mode_failed_entry_frees_the_symbol() -> None:
-    d = desk(mode="alpaca-paper")
+    d = desk(mode="alpaca-paper", broker_truth=False)
     r = rec()
     e = d.on_recommendation(r, at(r))
     assert e is not None
@@ -241,7 +241,7 @@ def test_alpaca_mode_failed_entry_frees_the_symbol() -> None:
 
 
 def test_alpaca_exit_failed_retries_with_a_new_id() -> None:
-    d = desk(mode="alpaca-paper")
+    d = desk(mode="alpaca-paper", broker_truth=False)
     r = rec()
     e = d.on_recommendation(r, at(r))
     assert e is not None
