@@ -10,7 +10,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -19,10 +19,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
 from connectors import alpaca_protocol as proto
-from connectors.alpaca_rest import AlpacaBarHistory, BarHistory, HistoryAuthError
+from connectors.alpaca_rest import AlpacaBarHistory, BarHistory, HistoryAuthError, RawBars
+from connectors.backfill import apply_recheck, asked_revisions
 from connectors.bars_config import BarsConfig, ConnectorStats
 from connectors.credentials import Credentials, CredentialSource, CredentialsUnavailable
-from connectors.gaps import GapDetector, chunks, stalled
+from connectors.gaps import Chunk, GapDetector, chunks, stalled
 from connectors.intake import ORIGIN_STREAM, STAGE, BarIntake, BarSink, ProducerSink
 from connectors.revisions import RevisionBook
 from connectors.topic_tail import bars_tail
@@ -93,6 +94,7 @@ class BarsConnector:
         self._last_data = self.clock.now()
         self._got_data = False
         self._resync = False
+        self._before_drop: dict[str, tuple[datetime, ...]] = {}  # for REST to recheck
         self._tasks: set[asyncio.Task[None]] = set()
         # websockets logs every frame at DEBUG, the auth frame included: never below INFO
         _WS_LOG.setLevel(logging.INFO)
@@ -167,6 +169,8 @@ class BarsConnector:
             except (proto.StreamError, OSError, TimeoutError, WebSocketException,
                     proto.ProtocolError, proto.FrameError, StreamStalled) as exc:
                 failure = exc
+            # taken at the drop, before the next session's bars: what REST rechecks after it
+            self._before_drop = self.intake.book.recent(self.config.symbols, self.config.recheck_minutes)
             if stopping.is_set():
                 return
             attempt = 1 if self._got_data else attempt + 1
@@ -239,6 +243,9 @@ class BarsConnector:
             log.info("alpaca stream subscribed", url=self.config.stream_url,
                      symbols=len(self.config.symbols), feed=self.config.feed)
             self._spawn(self._gap_check("connect"))
+            if self._before_drop:
+                self._spawn(self._recheck(self._before_drop, stopping))
+                self._before_drop = {}
             await self._consume(ws, stopping)
 
     async def _recv(self, ws: ClientConnection) -> list[dict[str, Any]]:
@@ -290,16 +297,57 @@ class BarsConnector:
 
     async def _gap_check(self, reason: str) -> None:
         """Ask REST for the session minutes missing from the topic; publish what it has."""
+        await self._with_rest("gap check", lambda: self._fill_gaps(reason))
+
+    async def _recheck(self, window: dict[str, tuple[datetime, ...]], stopping: asyncio.Event) -> None:
+        """REST judges the minutes before a drop: an updated bar Alpaca sent while the socket was
+        down is lost otherwise. Retried with backoff, then given up: never stops the stream."""
+        for attempt in range(1, self.config.recheck_attempts + 1):
+            if attempt > 1:
+                await self._sleep(self._backoff(attempt - 1), stopping)
+            if stopping.is_set():
+                return
+            if await self._with_rest("recheck", lambda: self._apply_recheck(window)):
+                return
+        self.stats.rechecks_given_up += 1
+        log.warning("recheck given up: updated bars sent during the drop may be lost",
+                    symbols=sorted(window), attempts=self.config.recheck_attempts)
+
+    async def _apply_recheck(self, window: dict[str, tuple[datetime, ...]]) -> None:
+        for chunk in chunks(window):
+            asked = asked_revisions(self.intake.book, chunk)
+            answer = await self._fetch(chunk)
+            report = apply_recheck(self.intake, answer, asked=asked, now=self.clock.now())
+            self.stats.recheck_reports.append(report)
+            if report.revised:
+                log.warning("bars revised from REST after a reconnect", minutes=len(report.revised),
+                            first=report.revised[0][1].isoformat(), symbols=chunk.symbols)
+        await asyncio.to_thread(self._flush)
+
+    async def _with_rest(self, what: str, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """`work` (REST, then the topic) one at a time; False when it failed, logged, not raised."""
         async with self._gap_lock:
             try:
-                await self._fill_gaps(reason)
+                await work()
+                return True
             except HistoryAuthError as exc:
                 self._error(type(exc).__name__)
-                log.warning("gap check: credentials refused", error=str(exc))
+                log.warning(f"{what}: credentials refused", error=str(exc))
                 self._load_credentials("REST authentication failed")
             except (PipelineError, KafkaException, OSError, TimeoutError) as exc:
                 self._error(type(exc).__name__)
-                log.warning("gap check failed; retrying later", error=f"{type(exc).__name__}: {exc}")
+                log.warning(f"{what} failed; retrying later", error=f"{type(exc).__name__}: {exc}")
+        return False
+
+    async def _fetch(self, chunk: Chunk) -> RawBars:
+        if self._history is None:
+            assert self._creds is not None
+            self._history = self._history_factory(self._creds)
+        history = self._history
+        return await asyncio.wait_for(
+            asyncio.to_thread(history.fetch, chunk.symbols, chunk.start, chunk.end),
+            self.config.rest_timeout_s,
+        )
 
     async def _fill_gaps(self, reason: str) -> None:
         if self._resync:  # a delivery failed: trust only what the topic really has
@@ -310,15 +358,8 @@ class BarsConnector:
         due = self.detector.due(now)
         if not due:
             return
-        if self._history is None:
-            assert self._creds is not None
-            self._history = self._history_factory(self._creds)
-        history = self._history
         for chunk in chunks(due):
-            answer = await asyncio.wait_for(
-                asyncio.to_thread(history.fetch, chunk.symbols, chunk.start, chunk.end),
-                self.config.rest_timeout_s,
-            )
+            answer = await self._fetch(chunk)
             report = self.intake.apply_backfill(chunk, answer, now=self.clock.now())
             self.stats.gap_reports.append(report)
             if report.filled:

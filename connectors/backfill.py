@@ -1,18 +1,20 @@
 """`ops-pipeline backfill`: the live connector's gap logic over a range of history; a minute REST
-has no bar for had no trades and is reported as such, never as a gap.
+has no bar for had no trades and is reported as such, never as a gap. Also REST's recheck of the
+minutes before a drop, which the live connector runs after every reconnect.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from connectors.gaps import GapDetector, GapReport, chunks
+from connectors.gaps import Chunk, GapDetector, GapReport, Minute, RecheckReport, chunks
 from connectors.intake import BarIntake, BarSink, IntakeStats
 from connectors.revisions import RevisionBook
+from connectors.validation import BarRejected, parse_ts
 from schemas.records import Bar
 from trading.calendar import TradingCalendar
 
@@ -72,3 +74,48 @@ def backfill(
     sink.flush()
     result.stats = intake.stats
     return result
+
+
+def asked_revisions(book: RevisionBook, chunk: Chunk) -> dict[Minute, int]:
+    """The revision of each asked minute when REST is asked, for RevisionBook.judge."""
+    return {
+        (s, m): r for s, ms in chunk.asked.items() for m in ms if (r := book.revision(s, m)) is not None
+    }
+
+
+def apply_recheck(
+    intake: BarIntake, answer: Mapping[str, list[dict[str, Any]]], *, asked: Mapping[Minute, int],
+    now: datetime,
+) -> RecheckReport:
+    """Publish REST's bar as the next revision of each asked minute where its OHLCV differs.
+
+    The bar keeps source "backfill", as every REST bar has: the source says where the values came
+    from, the revision that they replace the minute's earlier ones."""
+    report = RecheckReport(asked=len(asked))
+    answered: set[Minute] = set()
+    for symbol, raws in answer.items():
+        for raw in raws:
+            minute = _minute(symbol, raw)
+            if minute is not None and minute not in asked:
+                continue  # REST answers the whole span; only the asked minutes are judged here
+            bar = intake.rest_bar(symbol, raw, now=now)  # validated; a known minute is not sent
+            if bar is None:
+                if minute is not None:
+                    report.rejected.append(minute)
+                    answered.add(minute)
+                continue
+            answered.add((bar.symbol, bar.ts))
+            revised = intake.book.judge(bar, asked=asked[(bar.symbol, bar.ts)])
+            if revised is not None:
+                intake.sink.send(revised)
+                intake.stats.backfill += 1
+                report.revised.append((bar.symbol, bar.ts))
+    report.absent.extend(sorted(m for m in asked if m not in answered))
+    return report
+
+
+def _minute(symbol: str, raw: Mapping[str, Any]) -> Minute | None:
+    try:
+        return symbol, parse_ts(raw.get("t"))
+    except BarRejected:
+        return None  # rest_bar sends it to the DLQ with its reason

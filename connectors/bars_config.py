@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.alpaca_protocol import DEFAULT_STREAM_URL
-from connectors.gaps import GapReport
+from connectors.gaps import GapReport, RecheckReport
 from opsinfra.errors import ConfigError
 from opsinfra.settings import Settings
 
@@ -31,6 +31,8 @@ class BarsConfig:
     gap_settle_s: float = 90.0  # a minute is due once it ended this long ago
     gap_lookback_s: float = 24 * 3600.0
     rest_timeout_s: float = 120.0
+    recheck_minutes: int = 5  # after a reconnect, REST rechecks this many minutes before the drop
+    recheck_attempts: int = 3  # REST tries per recheck (backoff between), then a warning
     handshake_timeout_s: float = 15.0
     poll_s: float = 1.0  # real seconds between stall checks while the socket is quiet
     flush_interval_s: float = 1.0
@@ -48,6 +50,8 @@ class BarsConfig:
                 raise ConfigError(f"bars connector: {name} must be positive")
         if self.gap_check_interval_s is not None and not self.gap_check_interval_s > 0:
             raise ConfigError("bars connector: gap_check_interval_s must be positive (or None)")
+        if self.recheck_minutes < 0 or self.recheck_attempts < 1:
+            raise ConfigError("bars connector: need recheck_minutes >= 0 and recheck_attempts >= 1")
         if not self.symbols:
             raise ConfigError("bars connector: PIPELINE_SYMBOLS is empty")
 
@@ -72,3 +76,5 @@ class ConnectorStats:
     stalls: int = 0
     credential_loads: int = 0
     gap_reports: list[GapReport] = dataclasses.field(default_factory=list)
+    recheck_reports: list[RecheckReport] = dataclasses.field(default_factory=list)
+    rechecks_given_up: int = 0

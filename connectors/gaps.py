@@ -42,6 +42,16 @@ class GapReport:
     rejected: list[Minute] = field(default_factory=list)  # REST's bar failed validation (DLQ)
 
 
+@dataclass(frozen=True, slots=True)
+class RecheckReport:
+    """REST's word on the published minutes before a drop."""
+
+    asked: int
+    revised: list[Minute] = field(default_factory=list)  # REST differed: a new revision published
+    absent: list[Minute] = field(default_factory=list)  # published, but REST has no bar: left as is
+    rejected: list[Minute] = field(default_factory=list)  # REST's bar failed validation (DLQ)
+
+
 def chunks(missing: Mapping[str, Sequence[datetime]]) -> list[Chunk]:
     """The missing minutes grouped per session day, one REST request each."""
     by_day: dict[date, dict[str, list[datetime]]] = {}

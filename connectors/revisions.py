@@ -1,12 +1,13 @@
 """The revision and values last published per recent minute: Alpaca's updated bars get the next
-revision, exact repeats are dropped, and a backfill fills only minutes nobody has published.
+revision, exact repeats are dropped, a backfill fills only minutes nobody has published, and REST
+rechecking a published minute after a drop revises it only where its OHLCV differs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from schemas.records import Bar
@@ -17,6 +18,12 @@ Fingerprint = tuple[float, float, float, float, int, int | None, float | None]
 
 def fingerprint(bar: Bar) -> Fingerprint:
     return (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.trade_count, bar.vwap)
+
+
+def same_ohlcv(a: Fingerprint, b: Fingerprint) -> bool:
+    """REST's judgement ignores trade_count and vwap: OHLCV is what every consumer reads, and a
+    vwap rounded differently by the two APIs must not spawn revisions after every reconnect."""
+    return a[:5] == b[:5]
 
 
 class RevisionBook:
@@ -59,6 +66,27 @@ class RevisionBook:
             revision = 1 if kind == "updated" else 0
         self._remember(bar.symbol, bar.ts, revision, fp)
         return bar if bar.revision == revision else dataclasses.replace(bar, revision=revision)
+
+    def recent(self, symbols: Iterable[str], minutes: int) -> dict[str, tuple[datetime, ...]]:
+        """The known minutes of each symbol among the `minutes` ending at the newest one known for
+        any of them: after a drop, the minutes whose updated bars may have been lost."""
+        wanted = [s for s in symbols if self._minutes.get(s)]
+        if minutes < 1 or not wanted:
+            return {}
+        start = max(max(self._minutes[s]) for s in wanted) - timedelta(minutes=minutes - 1)
+        window = {s: tuple(sorted(t for t in self._minutes[s] if t >= start)) for s in wanted}
+        return {s: ts for s, ts in window.items() if ts}
+
+    def judge(self, bar: Bar, *, asked: int) -> Bar | None:
+        """REST's bar for a minute that was at revision `asked` when REST was asked: the next
+        revision when its OHLCV differs; None when it agrees, or when the minute is unknown (a gap,
+        the gap check's) or moved on meanwhile (the stream spoke after REST was asked: it stands)."""
+        known = self._minutes.get(bar.symbol, {}).get(bar.ts)
+        fp = fingerprint(bar)
+        if known is None or known[0] != asked or same_ohlcv(known[1], fp):
+            return None
+        self._remember(bar.symbol, bar.ts, asked + 1, fp)
+        return dataclasses.replace(bar, revision=asked + 1)
 
     def _remember(self, symbol: str, ts: datetime, revision: int, fp: Fingerprint) -> None:
         minutes = self._minutes.setdefault(symbol, {})

@@ -5,7 +5,8 @@ auth action answered `authenticated` or error 402, error 406 when the connection
 a `subscription` answer listing every channel, bars "b" and updated bars "u" whose "t" is a
 msgpack Timestamp (RFC 3339 text in JSON mode), abrupt drops, and stalls (a session kept open,
 pings answered, that is sent nothing more). FakeAlpacaRest: GET
-/v2/stocks/bars in the JSON shape alpaca-py parses, paged with next_page_token.
+/v2/stocks/bars in the JSON shape alpaca-py parses, paged with next_page_token, and HTTP 500 on
+demand.
 """
 
 from __future__ import annotations
@@ -208,6 +209,8 @@ class FakeAlpacaRest:
         self.bars: dict[str, dict[datetime, dict[str, Any]]] = {}
         self.requests: list[dict[str, str]] = []
         self.unauthorized = 0
+        self.fail_next = 0  # answer the next N authorized requests with HTTP 500
+        self.failed = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -261,6 +264,10 @@ class FakeAlpacaRest:
         if (headers.get("APCA-API-KEY-ID"), headers.get("APCA-API-SECRET-KEY")) not in self.valid_keys:
             self.unauthorized += 1
             return 401, {"code": 40110000, "message": "request is not authorized"}
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            self.failed += 1
+            return 500, {"code": 50010000, "message": "internal server error occurred"}
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self.requests.append(q)
         if q.get("timeframe") != "1Min":

@@ -1,14 +1,21 @@
-"""The revision book: updated bars get the next revision; repeats and known minutes are dropped."""
+"""The revision book: updated bars get the next revision; repeats and known minutes are dropped;
+REST rechecking a published minute revises it only where its OHLCV differs."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from connectors.revisions import RevisionBook
+from connectors.backfill import apply_recheck, asked_revisions
+from connectors.gaps import chunks
+from connectors.intake import BarIntake
+from connectors.revisions import RevisionBook, fingerprint, same_ohlcv
 from schemas.records import Bar
+from tests.fakes import ListSink
+from tests.fakes.alpaca_market import bar_msg, rest_bar
 
 T = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
+M = timedelta(minutes=1)
 
 
 def bar(close: float = 100.5, ts: datetime = T, symbol: str = "AAPL", **kw: object) -> Bar:
@@ -75,3 +82,68 @@ def test_memory_is_bounded_to_the_newest_minutes() -> None:
     assert book.revision("AAPL", T + timedelta(minutes=24)) == 0
     assert book.revision("AAPL", T) is None
     assert len(book._minutes["AAPL"]) <= 20
+
+
+def test_same_ohlcv_ignores_trade_count_and_vwap_but_not_volume() -> None:
+    published = fingerprint(bar(trade_count=12, vwap=100.25))
+    assert same_ohlcv(published, fingerprint(bar(trade_count=13, vwap=100.3)))
+    assert not same_ohlcv(published, fingerprint(bar(volume=11, trade_count=12, vwap=100.25)))
+    assert not same_ohlcv(published, fingerprint(bar(100.6, trade_count=12, vwap=100.25)))
+
+
+def test_rest_revises_a_published_minute_only_where_its_ohlcv_differs() -> None:
+    book = RevisionBook()
+    book.admit(bar(), "live")
+    book.admit(bar(ts=T + M), "live")
+    assert book.judge(bar(source="backfill", trade_count=40), asked=0) is None  # agrees on OHLCV
+    revised = book.judge(bar(ts=T + M, volume=19, source="backfill"), asked=0)
+    assert revised is not None and (revised.revision, revised.volume, revised.source) == (1, 19, "backfill")
+    assert book.revision("AAPL", T + M) == 1
+    assert book.judge(bar(ts=T + M, volume=19, source="backfill"), asked=1) is None  # asked again
+    assert book.admit(bar(ts=T + M, volume=19, source="updated"), "updated") is None  # known now
+
+
+def test_rest_neither_fills_an_unknown_minute_nor_overrides_a_newer_update() -> None:
+    book = RevisionBook()
+    assert book.judge(bar(volume=19), asked=0) is None  # a gap: the gap check's business
+    book.admit(bar(), "live")
+    book.admit(bar(volume=15, source="updated"), "updated")  # arrived while REST was asked
+    assert book.judge(bar(volume=14, source="backfill"), asked=0) is None
+    assert book.revision("AAPL", T) == 1
+
+
+def test_recent_is_the_minutes_before_the_newest_one_known_for_any_symbol() -> None:
+    book = RevisionBook()
+    for i in range(10):
+        book.admit(bar(ts=T + i * M), "live")
+    book.admit(bar(ts=T + 3 * M, symbol="MSFT"), "live")  # quiet since: outside the window
+    book.admit(bar(ts=T + 7 * M, symbol="MSFT"), "live")
+    book.admit(bar(ts=T + 9 * M, symbol="IBM"), "live")  # not asked for
+    assert book.recent(["AAPL", "MSFT", "TSLA"], 3) == {
+        "AAPL": (T + 7 * M, T + 8 * M, T + 9 * M), "MSFT": (T + 7 * M,),
+    }
+    assert book.recent(["AAPL"], 0) == {} and RevisionBook().recent(["AAPL"], 5) == {}
+
+
+def test_apply_recheck_publishes_the_differing_minutes_and_reports_the_rest() -> None:
+    sink = ListSink()
+    intake = BarIntake(sink, symbols=["AAPL", "MSFT"])
+    for s in ("AAPL", "MSFT"):
+        for i in range(3):
+            intake.stream_message(bar_msg(s, T + i * M, c=100.5), now=T + 4 * M)
+    sink.bars.clear()
+    window = {"AAPL": (T + M, T + 2 * M), "MSFT": (T + M, T + 2 * M)}
+    (chunk,) = chunks(window)
+    asked = asked_revisions(intake.book, chunk)
+    answer = {
+        "AAPL": [rest_bar(T, v=5000), rest_bar(T + M), rest_bar(T + 2 * M, v=1900)],  # T: not asked
+        "MSFT": [rest_bar(T + M, h=99.0)],  # high < low: the DLQ; MSFT at T+2M: REST has none
+    }
+    report = apply_recheck(intake, answer, asked=asked, now=T + 4 * M)
+    assert [(b.symbol, b.ts, b.volume, b.revision, b.source) for b in sink.bars] == [
+        ("AAPL", T + 2 * M, 1900, 1, "backfill")
+    ]
+    assert report.asked == 4 and report.revised == [("AAPL", T + 2 * M)]
+    assert report.rejected == [("MSFT", T + M)] and report.absent == [("MSFT", T + 2 * M)]
+    assert len(sink.dlq) == 1 and "high" in sink.dlq[0].error
+    assert intake.book.revision("AAPL", T) == 0  # REST's other minutes were not judged
