@@ -27,7 +27,7 @@ from trading.gates import (
 )
 from trading.broker import BrokerView
 from trading.positions import OpenPosition
-from trading.reconcile import ADJUST, EXTERNAL_EXIT, BrokerTruth
+from trading.reconcile import BrokerTruth
 
 _TICK = timedelta(microseconds=1)
 _NO_EXITS: tuple[Execution, ...] = ()
@@ -284,7 +284,7 @@ class AccountDesk(BrokerTruth):
         if prev is not None and prev != ex.SUBMITTED:
             return False  # final statuses do not change
         self.note_decision(execution)
-        if execution.intent in (EXTERNAL_EXIT, ADJUST):
+        if execution.intent in (ex.EXTERNAL_EXIT, ex.ADJUST):
             return self._apply_broker_intent(execution, prev)
         state = self.state
         book = state.book
@@ -335,9 +335,9 @@ class AccountDesk(BrokerTruth):
             self.state.roll(self._day(execution.decided_at)[3])
             if self._last_stamp is None or execution.decided_at > self._last_stamp:
                 self._last_stamp = execution.decided_at
-            if execution.intent == EXTERNAL_EXIT and status != ex.SKIPPED:
+            if execution.intent == ex.EXTERNAL_EXIT and status != ex.SKIPPED:
                 self.state.record_submit(execution.decided_at)
-        if execution.intent == EXTERNAL_EXIT:
+        if execution.intent == ex.EXTERNAL_EXIT:
             self.fold_external(execution)
         elif status in (ex.FILLED, ex.SIMULATED):
             pos = self.state.book.get(execution.symbol)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schemas.records import Bar, Execution, Features, Recommendation, ScoredNews, WatchlistEntry
+from schemas.records import Bar, Execution, Features, Recommendation, ReconcileEvent, ScoredNews, WatchlistEntry
 from trading.accounts import AccountDesk
+from trading.broker import broker_key, decided_at
 from trading.calendar import SessionCalendar
 from trading.clock import MINUTE
 from trading.features import FeatureEngine, InvalidBar, OutOfOrderBar
@@ -29,6 +30,7 @@ class BacktestResult:
     signals: list[Recommendation] = field(default_factory=list)
     executions: list[Execution] = field(default_factory=list)
     watchlist: list[WatchlistEntry] = field(default_factory=list)
+    reconcile: list[ReconcileEvent] = field(default_factory=list)
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     bars: int = 0
     skipped_bars: int = 0
@@ -60,9 +62,37 @@ class Backtester:
         self.engines: dict[str, FeatureEngine] = {}
         self.keep_features = keep_features
         self.marks: dict[str, float] = {}  # last close per symbol, shared by every ledger
+        self._broker: list[Any] = []  # broker records in canonical order, and the next to apply
+        self._broker_next = 0
         self.result = BacktestResult(
             ledgers={cfg.name: Ledger(cfg.name, cfg.starting_cash, marks=self.marks) for cfg in accounts}
         )
+
+    def add_broker(self, records: Iterable[Any]) -> int:
+        """Broker snapshots and option quotes (broker.accounts, broker.positions, options.quotes), in
+        any order: each is decided on before the bars of its event minute, as the dispatch agent does."""
+        self._broker = sorted([*self._broker[self._broker_next:], *records], key=broker_key)
+        self._broker_next = 0
+        return len(self._broker)
+
+    def _apply_broker(self, upto: datetime | None) -> None:
+        """Folds the broker records whose event minute is at or before `upto` (None: all)."""
+        pending = self._broker
+        i = self._broker_next
+        res = self.result
+        while i < len(pending):
+            record = pending[i]
+            if upto is not None and broker_key(record)[0] > upto:
+                break
+            i += 1
+            now = decided_at(record)
+            for desk in self.desks:
+                execs, events = desk.on_broker(record, now)
+                res.reconcile.extend(events)
+                for e in execs:
+                    res.executions.append(e)
+                    res.ledgers[e.account].on_execution(e)
+        self._broker_next = i
 
     def add_news(self, items: Iterable[ScoredNews]) -> int:
         """Scored news, in any order: the sentiment window only counts items published by its time."""
@@ -141,11 +171,15 @@ class Backtester:
             self._decide(bars_now, recs_now)
             for led in ledgers:
                 led.close_minute(minute + MINUTE)
+        if self._broker:
+            self._apply_broker(None)
         return count
 
     def _decide(self, bars_now: list[Features], recs_now: list[Recommendation]) -> None:
         """One minute's decisions in the canonical order (trading.ordering): the bars (exits) by
         symbol, then the signals by symbol, as the dispatch agent releases them."""
+        if self._broker and (bars_now or recs_now):
+            self._apply_broker((bars_now or recs_now)[0].ts)
         desks = self.desks
         res = self.result
         by_name = res.ledgers

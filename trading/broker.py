@@ -27,15 +27,24 @@ def event_minute(as_of: datetime) -> datetime:
     return floored - MINUTE if floored == as_of else floored
 
 
+BROKER_KIND = -1  # broker records sort before the bars (0) and signals (1) of their minute
+
+
 def broker_key(record: Any) -> tuple[datetime, int, str, int, str]:
-    """The canonical decision order of a broker record: before the bars of its event minute."""
-    name = record.account if isinstance(record, BrokerAccount) else f"{record.account}|{record.symbol}"
-    kind = 0 if isinstance(record, BrokerAccount) else 1
-    return (event_minute(record.as_of), -1, f"{record.as_of.isoformat()}|{kind}|{name}", 0, "")
+    """The canonical decision order of a broker record or option quote: before the bars of its
+    event minute; among themselves by time, then account records, positions, quotes, then key."""
+    if isinstance(record, BrokerAccount):
+        name = f"0|{record.account}"
+    elif isinstance(record, OptionQuote):
+        name = f"2|{record.contract}"
+    else:
+        name = f"1|{record.account}|{record.symbol}"
+    return (event_minute(record.as_of), BROKER_KIND, f"{record.as_of.isoformat()}|{name}", 0, "")
 
 
-def quote_key(record: OptionQuote) -> tuple[datetime, int, str, int, str]:
-    return (event_minute(record.as_of), -1, f"{record.as_of.isoformat()}|2|{record.contract}", 0, "")
+def decided_at(record: Any) -> datetime:
+    """When a broker record is decided on in bar time: the end of its event minute."""
+    return event_minute(record.as_of) + MINUTE
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,10 @@ SUBMITTED = "SUBMITTED"
 FILLED = "FILLED"
 FAILED = "FAILED"
 FINAL_STATUSES = frozenset({SIMULATED, SKIPPED, FILLED, FAILED})
+#: intents besides entry and exit: an exit of a position the pipeline did not open, and a quantity
+#: adopted from the broker by reconcile (recorded FILLED, never ordered)
+EXTERNAL_EXIT = "external_exit"
+ADJUST = "adjust"
 #: statuses in which an order exists or existed (a trade attempt, counted by the limits)
 ACTIVE_STATUSES = frozenset({SIMULATED, SUBMITTED, FILLED})
 

@@ -64,7 +64,9 @@ class AccountConfig:
     # -- alpaca-paper: the account's own connection, and the broker's truth --------------------
     credentials_file: str | None = None  # dotenv file with its APCA_API_KEY_ID / _SECRET_KEY
     trading_url: str | None = None  # default: ALPACA_TRADING_URL, else Alpaca paper
-    broker_truth: bool = True  # gates read the broker's snapshots (alpaca-paper only)
+    # gates read the broker's snapshots: default for alpaca-paper; true on a simulate account makes
+    # it a shadow of the real account (simulated orders, gates on the broker's state)
+    broker_truth: bool | None = None
     max_broker_state_age_s: float = 90.0  # an older snapshot makes entries fail closed
     cash_drift_tolerance: float = 1.0  # USD of unexplained cash change reported by reconcile
     protective_orders: str = "none"  # "bracket": entries carry their stop and target at Alpaca
@@ -99,7 +101,7 @@ class AccountConfig:
     @property
     def uses_broker(self) -> bool:
         """Whether the gates read the broker's snapshots rather than the desk's own book."""
-        return self.mode == "alpaca-paper" and self.broker_truth
+        return self.mode == "alpaca-paper" if self.broker_truth is None else self.broker_truth
 
     @property
     def external(self) -> ExternalRules:

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas.records import Execution
-from trading.execution import exit_reason_of
+from trading.execution import ADJUST, exit_reason_of
 
 FILLED = ("SIMULATED", "FILLED")
 MINUTES_PER_YEAR = 252 * 390
@@ -57,6 +57,13 @@ class Ledger:
 
     def on_execution(self, e: Execution) -> None:
         if e.status not in FILLED or e.qty is None or e.price is None or e.qty == 0:
+            return
+        if e.intent == ADJUST:  # a quantity adopted from the broker: the position as it now stands
+            held = self.positions.get(e.symbol)
+            if held is not None:
+                signed = e.qty if e.action == "BUY" else -e.qty
+                self.cash -= (signed - held[0]) * e.price
+                self.positions[e.symbol] = (signed, e.price, held[2], held[3])
             return
         signed = e.qty if e.action == "BUY" else -e.qty
         self.cash -= signed * e.price

@@ -10,12 +10,16 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from trading.broker import broker_key
+
 BAR_KIND = 0
 SIGNAL_KIND = 1
 
 
 def canonical_key(record: Any) -> tuple[datetime, int, str, int, str]:
-    """The decision order of a features record or a recommendation."""
+    """The decision order of a features record, a recommendation or a broker record."""
+    if hasattr(record, "as_of"):
+        return broker_key(record)
     action = getattr(record, "action", None)
     if action is not None:
         return (record.ts, SIGNAL_KIND, record.symbol, 0, action)

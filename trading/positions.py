@@ -10,7 +10,16 @@ from datetime import datetime
 from typing import Any, Self
 
 from schemas.records import Execution, Position
-from trading.execution import FAILED, FILLED, SIMULATED, SKIPPED, SUBMITTED, exit_reason_of
+from trading.execution import (
+    ADJUST,
+    EXTERNAL_EXIT,
+    FAILED,
+    FILLED,
+    SIMULATED,
+    SKIPPED,
+    SUBMITTED,
+    exit_reason_of,
+)
 
 PENDING = "PENDING"  # entry order sent, not filled yet: counts toward limits already
 OPEN = "OPEN"
@@ -325,8 +334,8 @@ class PositionProjection:
         settled = self._settled.get((e.account, e.recommendation_id))
         if settled is not None:
             return self._last.get(settled)
-        if e.status == SKIPPED:
-            return None
+        if e.status == SKIPPED or e.intent == EXTERNAL_EXIT:
+            return None  # external positions are shown from broker.positions
         key = (e.account, e.symbol)
         pending = self._pending.setdefault(key, {})
         prev = pending.get(e.recommendation_id)
@@ -355,6 +364,12 @@ class PositionProjection:
             latest = e.decided_at  # the last fill: when the position last changed
             qty = e.qty or 0.0
             price = e.price or 0.0
+            if e.intent == ADJUST:  # reconcile adopted the broker's quantity and price
+                pos = book.get(symbol)
+                if pos is not None and qty > 0:
+                    pos.qty, pos.side = qty, 1 if e.action == "BUY" else -1
+                    pos.set_price(price, book.rules)
+                continue
             if e.intent == "entry":
                 if book.get(symbol) is None:
                     book.open(symbol, e.action, qty, price, e.bar_used_ts or e.decided_at,

@@ -14,6 +14,7 @@ from schemas.records import BrokerAccount, BrokerPosition, Execution, OptionQuot
 from trading import execution as ex
 from trading.broker import BrokerView, describe_position, external_exit_reason
 from trading.calendar import SessionCalendar, trading_day
+from trading.execution import ADJUST, EXTERNAL_EXIT
 from trading.gates import GATE_ORDER, GateResult
 from trading.options import multiplier
 from trading.positions import EXITING, OPEN, PENDING
@@ -21,8 +22,6 @@ from trading.positions import EXITING, OPEN, PENDING
 if TYPE_CHECKING:
     from trading.gates import AccountConfig, AccountState
 
-EXTERNAL_EXIT = "external_exit"  # intent of an exit of a position the pipeline did not open
-ADJUST = "adjust"  # intent of a quantity adopted from the broker (no order)
 _NOTHING: tuple[list[Execution], list[ReconcileEvent]] = ([], [])
 _QTY_TOLERANCE = 1e-6
 
@@ -138,6 +137,8 @@ class BrokerTruth:
             return _NOTHING
         assert prev is not True
         mine = self.state.book.get(rec.symbol)
+        if mine is not None and self.config.mode != "alpaca-paper":
+            return _NOTHING  # a shadow account's positions are simulated: nothing to reconcile
         broker_qty = rec.qty
         execs: list[Execution] = []
         events: list[ReconcileEvent] = []
@@ -232,12 +233,13 @@ class BrokerTruth:
         if rid in self._status or pos.symbol in self._external_orders:
             return None  # decided already, or another exit of it is in flight
         price, source = self.broker.mark(pos)
+        live = config.mode == "alpaca-paper"
         execution = ex.build_execution(
             recommendation_id=rid, account=config.name, symbol=pos.symbol,
-            action="SELL" if pos.qty > 0 else "BUY", status=ex.SUBMITTED,
+            action="SELL" if pos.qty > 0 else "BUY", status=ex.SUBMITTED if live else ex.SIMULATED,
             gates=_skipped_gates(reason, f"{detail}; mark {price} ({source})"), failure_reason=None,
             qty=abs(pos.qty), price=price, bar_used_ts=pos.as_of, mode=config.mode,
-            decided_at=self._stamp(now), intent=EXTERNAL_EXIT, with_client_order_id=True,
+            decided_at=self._stamp(now), intent=EXTERNAL_EXIT, with_client_order_id=live,
         )
         self.apply(execution)
         return execution
