@@ -16,14 +16,26 @@ from datetime import datetime
 from typing import Any
 
 from connectors.alpaca_trading import AlpacaOrders, OrderOutcome, TradeUpdates, outcome_of_update
-from connectors.credentials import CredentialSource
 from opsinfra.endpoints import Endpoints
 from opsinfra.kafka_config import admin_config
 from opsinfra.settings import Settings
-from schemas.records import Execution, Features, Recommendation, Record
-from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
+from schemas.records import BrokerAccount, BrokerPosition, Execution, Features, OptionQuote, Recommendation, Record
+from schemas.topics import (
+    BROKER_ACCOUNTS,
+    BROKER_POSITIONS,
+    EQUITY,
+    EXECUTIONS,
+    FEATURES,
+    OPTION_QUOTES,
+    RECONCILE,
+    SIGNALS,
+)
 from streams.app import EventIO, PipelineApp, add_agent, run_stage
+from streams.broker_link import BrokerLink, KeyPair, key_pairs
 from trading.accounts import AccountDesk, accounts_from_settings
+from trading.broker import decided_at
+from trading.execution import client_order_id
+from trading.reconcile import equity_point, rebuild_view
 from trading.calendar import SessionCalendar, TradingCalendar
 from trading.clock import MINUTE, Clock, WallClock
 from trading.execution import FAILED, SUBMITTED
@@ -47,7 +59,11 @@ class DispatchConfig:
     order_timeout_s: float = 10.0
     alpaca_url: str | None = None  # trading REST override (paper endpoint by default)
     alpaca_stream_url: str | None = None  # trade_updates websocket override
+    alpaca_data_url: str | None = None  # market data override (option quotes)
     trade_updates: bool = True
+    snapshot_every_s: float = 30.0  # broker state: at start, this often, and after trade updates
+    quotes_every_s: float = 60.0  # option quotes of held contracts
+    equity: bool = True  # an equity point per account each minute
     # event-time order (trading.ordering): a minute is decided once every features partition has
     # moved past it and `order_grace_s` more has passed for its signals; `order_idle_s` of silence
     # releases everything held
@@ -69,7 +85,8 @@ class DispatchConfig:
     def from_settings(cls, settings: Any, **overrides: Any) -> DispatchConfig:
         conf: dict[str, Any] = {"accounts": accounts_from_settings(settings)}
         for name, attr in (("clock", "pipeline_clock"), ("alpaca_url", "alpaca_trading_url"),
-                           ("alpaca_stream_url", "alpaca_trading_stream_url")):
+                           ("alpaca_stream_url", "alpaca_trading_stream_url"),
+                           ("alpaca_data_url", "alpaca_data_url")):
             value = getattr(settings, attr, None)
             if value is not None:
                 conf[name] = value
@@ -116,10 +133,14 @@ class DispatchHandler:
                         for a in config.accounts}
         self._admin: Any = None
         self.streams: dict[str, Any] = {}  # account -> its agent's stream, to ack released events
-        self.orders = orders
-        if self.orders is None and config.needs_broker:
-            self.orders = AlpacaOrders(CredentialSource.from_settings(papp.settings), url=config.alpaca_url,
-                                       timeout_s=config.order_timeout_s)
+        self.orders = orders  # one client for every account (tests); else one per key pair
+        self.pairs: dict[str, KeyPair] = {}
+        if orders is None and config.needs_broker:
+            self.pairs = key_pairs(config.accounts, papp.settings, default_url=config.alpaca_url,
+                                   timeout_s=config.order_timeout_s)
+        self.link = BrokerLink(self.pairs, self.io.send, data_url=config.alpaca_data_url,
+                               timeout_s=config.order_timeout_s, pipeline_symbols=self._pipeline_symbols)
+        self._equity_minute: dict[str, datetime] = {}
         self.stale = True
         self._lock: asyncio.Lock | None = None
         self._unknown: dict[str, _Unknown] = {}
@@ -129,12 +150,27 @@ class DispatchHandler:
         self.signals_topic = papp.settings.topic(SIGNALS.name)
         self.signal_commits = SignalProgress()  # the signal agent's commits, once trustworthy
 
+    def orders_for(self, account: str) -> AlpacaOrders | None:
+        pair = self.link.for_account(account)
+        return pair.orders if pair is not None else self.orders
+
+    def _pipeline_symbols(self, account: str) -> set[str]:
+        desk = self.desks.get(account)
+        return set() if desk is None else {p.symbol for p in desk.state.book}
+
     # -- state ----------------------------------------------------------------------------------
 
     def rebuild_sync(self) -> dict[str, AccountDesk]:
         history = [e for e in self.io.read_all(self.endpoints, EXECUTIONS) if isinstance(e, Execution)]
         desks = {a.name: AccountDesk(a, self.calendar) for a in self.config.accounts}
+        broker: list[Record] = []
+        if any(a.uses_broker for a in self.config.accounts):
+            for spec in (BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES):
+                broker += self.io.read_all(self.endpoints, spec)
         for desk in desks.values():
+            if desk.config.uses_broker:
+                mine = [r for r in broker if getattr(r, "account", desk.name) == desk.name]
+                rebuild_view(desk.broker, mine)
             n = desk.rebuild(history)
             st = desk.state
             log.info("dispatch[%s]: rebuilt from %d executions: %d decided, %d open, %d trades today, "
@@ -185,7 +221,7 @@ class DispatchHandler:
                         futures.append(await self.io.dead_letter(event, exc))
                     done.append(event)
                     continue
-                if not isinstance(record, Features | Recommendation):
+                if not isinstance(record, Features | Recommendation | BrokerAccount | BrokerPosition | OptionQuote):
                     done.append(event)
                     continue
                 if isinstance(record, Features):
@@ -329,7 +365,15 @@ class DispatchHandler:
                     made = desk.on_recommendation(record, self.now_for(record.ts))
                     decisions = [] if made is None else [made]
                 elif isinstance(record, Features):
+                    futures.extend(await self._equity(desk, record.ts))
                     decisions = desk.on_bar(record.symbol, record.ts, record.close, self.now_for(record.ts))
+                elif isinstance(record, BrokerAccount | BrokerPosition | OptionQuote):
+                    now = self.clock.now() if self.config.clock == "wall" else decided_at(record)
+                    decisions, events = desk.on_broker(record, now)
+                    for ev in events:
+                        futures.append(await self.io.send(RECONCILE, ev))
+                        log.info("dispatch[%s]: reconcile %s %s: %s (%s)", desk.name, ev.kind, ev.symbol or "",
+                                 ev.action, ev.detail)
                 else:
                     decisions = []
             except Exception as exc:  # noqa: BLE001 - a decision that cannot be made: dead letter
@@ -340,19 +384,50 @@ class DispatchHandler:
         if futures:
             await asyncio.gather(*futures)
 
+    async def _equity(self, desk: AccountDesk, bar_ts: datetime) -> list[Awaitable[Any]]:
+        """An equity point for the minute before `bar_ts` once the desk moves past it."""
+        if not self.config.equity:
+            return []
+        last = self._equity_minute.get(desk.name)
+        if last is not None and bar_ts <= last:
+            return []
+        self._equity_minute[desk.name] = bar_ts
+        if last is None:
+            return []
+        return [await self.io.send(EQUITY, equity_point(desk, last + MINUTE))]
+
     async def _publish(self, desk: AccountDesk, execution: Execution) -> list[Awaitable[Any]]:
         fut = await self.io.send(EXECUTIONS, execution)
         if execution.status != SUBMITTED or execution.broker_order_id is not None:
             return [fut]
         await fut  # write-ahead: on record before the order exists
-        if self.orders is None:
+        orders = self.orders_for(desk.name)
+        if orders is None:
             raise RuntimeError(f"{desk.name}: alpaca-paper account without a broker client")
+        protect = self._protection(desk, execution)
         try:
-            outcome = await asyncio.to_thread(self.orders.submit, execution)
+            outcome = await asyncio.to_thread(orders.submit, execution, **protect)
         except Exception:  # noqa: BLE001 - whatever went wrong, the POST may have happened
             log.exception("dispatch[%s]: submitting %s failed", desk.name, execution.client_order_id)
             outcome = OrderOutcome(SUBMITTED)  # unknown: the reconcile pass finds out
         return await self._resolve(desk, execution, outcome)
+
+    def _protection(self, desk: AccountDesk, execution: Execution) -> dict[str, float]:
+        """Bracket legs of an entry (protective_orders: bracket), so a stop exists at Alpaca while
+        this stage is down; before the desk's own exit of such a position, its legs are cancelled."""
+        if desk.config.protective_orders != "bracket":
+            return {}
+        if execution.intent == "exit":
+            pos = desk.state.book.get(execution.symbol)
+            if pos is not None:
+                self.link.cancel_legs(desk.name, client_order_id(desk.name, pos.entry_id))
+            return {}
+        if execution.intent != "entry" or not execution.price:
+            return {}
+        rules = desk.config.exits
+        side = 1.0 if execution.action == "BUY" else -1.0
+        return {"take_profit": execution.price * (1.0 + side * rules.take_profit_pct),
+                "stop_loss": execution.price * (1.0 - side * rules.stop_loss_pct)}
 
     async def _resolve(self, desk: AccountDesk, execution: Execution, outcome: OrderOutcome
                        ) -> list[Awaitable[Any]]:
@@ -378,17 +453,18 @@ class DispatchHandler:
             return await self._reconcile()
 
     async def _reconcile(self) -> int:
-        if self.orders is None:
-            return 0
         resolved = 0
         futures: list[Awaitable[Any]] = []
         for desk in self.desks.values():
+            orders = self.orders_for(desk.name)
+            if orders is None:
+                continue
             for execution in desk.submitted():
                 coid = execution.client_order_id
                 if coid is None:
                     continue
                 try:
-                    found = await asyncio.to_thread(self.orders.lookup, coid)
+                    found = await asyncio.to_thread(orders.lookup, coid)
                 except Exception as exc:  # noqa: BLE001 - Alpaca cannot say now: ask next time
                     log.warning("dispatch[%s]: reconcile lookup of %s failed: %s", desk.name, coid, exc)
                     continue
@@ -410,9 +486,11 @@ class DispatchHandler:
             log.info("dispatch: reconcile resolved %d order(s)", resolved)
         return resolved
 
-    def _on_update(self, update: Any) -> None:
+    def _on_update(self, update: Any, pair: KeyPair | None = None) -> None:
         if self._updates is not None:
             self._updates.put_nowait(update)
+        if pair is not None:
+            self.link.after_update(pair)
 
     async def apply_update(self, update: Any) -> bool:
         """A trade_updates event: the execution it concerns moves on (FILLED, FAILED)."""
@@ -435,14 +513,23 @@ class DispatchHandler:
         return False
 
     async def run_updates(self) -> None:
-        """The trade_updates stream for the life of the app (alpaca-paper accounts only)."""
-        if self.orders is None or not self.config.trade_updates:
+        """One trade_updates stream per key pair for the life of the app (alpaca-paper accounts)."""
+        if not self.config.trade_updates or (self.orders is None and not self.pairs):
             return
         self._updates = asyncio.Queue()
         await self.ensure_state()
-        self.trade_updates = TradeUpdates(self.orders.credentials, url=self.config.alpaca_stream_url,
-                                          loop=asyncio.get_running_loop(), sink=self._on_update)
-        self.trade_updates.start()
+        loop = asyncio.get_running_loop()
+        if self.orders is not None:
+            self.trade_updates = TradeUpdates(self.orders.credentials, url=self.config.alpaca_stream_url,
+                                              loop=loop, sink=self._on_update)
+            self.trade_updates.start()
+        for pair in self.pairs.values():
+            pair.updates = TradeUpdates(pair.credentials, url=self.config.alpaca_stream_url, loop=loop,
+                                        sink=functools.partial(self._on_update, pair=pair))
+            try:
+                pair.updates.start()
+            except Exception as exc:  # noqa: BLE001 - bad keys: the snapshots' age says so; retried by restart
+                log.error("dispatch: trade updates on %s could not start: %s", pair.label, exc)
         try:
             while True:
                 update = await self._updates.get()
@@ -451,7 +538,36 @@ class DispatchHandler:
                 except Exception:
                     log.exception("dispatch: trade update failed; the next reconcile covers it")
         finally:
-            self.trade_updates.stop(timeout_s=0.0)
+            if self.trade_updates is not None:
+                self.trade_updates.stop(timeout_s=0.0)
+            for pair in self.pairs.values():
+                if pair.updates is not None:
+                    pair.updates.stop(timeout_s=0.0)
+
+
+    async def run_snapshots(self) -> None:
+        """The broker's state: at start, every snapshot_every_s, soon after trade updates; option
+        quotes of held contracts every quotes_every_s. Nothing here stops the stage."""
+        config = self.config
+        next_poll = next_quotes = 0.0
+        trigger = "start"
+        while True:
+            try:
+                await self.ensure_state()
+                now = time.monotonic()
+                if now >= next_poll:
+                    next_poll = now + config.snapshot_every_s
+                    await self.link.snapshot(trigger)
+                    trigger = "poll"
+                await self.link.due()
+                if now >= next_quotes:
+                    next_quotes = now + config.quotes_every_s
+                    await self.link.quotes()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch: broker snapshot loop failed; going on")
+            await asyncio.sleep(0.5)
 
 
 def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig | None = None,
@@ -461,7 +577,7 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig 
     and the reconcile timer) to `papp`; returns the handler for tests."""
     config = config or DispatchConfig.from_settings(papp.settings)
     handler = DispatchHandler(papp, config, endpoints, calendar=calendar, orders=orders, clock=clock)
-    channel = handler.io.channel(SIGNALS, FEATURES)
+    channel = handler.io.channel(SIGNALS, FEATURES, BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES)
     for i, account in enumerate(config.accounts):
         # acks are the handler's: an event is acked once decided, after the event-time buffer
         add_agent(papp, channel, functools.partial(handler.batch, account.name, i == 0),
@@ -479,6 +595,8 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig 
             await handler.reconcile()
 
         papp.app.timer(interval=config.reconcile_every_s, name="dispatch-reconcile")(reconcile)
+    if handler.pairs:
+        papp.app.task(handler.run_snapshots)
     return handler
 
 

@@ -10,7 +10,14 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from schemas.records import BrokerAccount, BrokerPosition, Execution, OptionQuote, ReconcileEvent
+from schemas.records import (
+    BrokerAccount,
+    BrokerPosition,
+    EquityPoint,
+    Execution,
+    OptionQuote,
+    ReconcileEvent,
+)
 from trading import execution as ex
 from trading.broker import BrokerView, describe_position, external_exit_reason
 from trading.calendar import SessionCalendar, trading_day
@@ -253,6 +260,26 @@ class BrokerTruth:
             del orders[execution.symbol]
             if execution.status == ex.FAILED:
                 self._external_attempts[execution.symbol] = self._external_attempts.get(execution.symbol, 0) + 1
+
+
+def equity_point(desk: Any, ts: datetime) -> EquityPoint:
+    """The account's equity at `ts`: the broker's (alpaca-paper on its snapshots), else the desk's
+    book marked at the latest closes it saw."""
+    config = desk.config
+    state = desk.state
+    acct = desk.broker.account
+    positions = state.book.count()
+    if config.mode == "alpaca-paper" and config.uses_broker and acct is not None:
+        return EquityPoint(config.name, ts, acct.equity, acct.cash, state.realized_total,
+                           desk.broker.unrealized_total(), max(positions, len(desk.broker.positions)), "broker")
+    cost = unrealized = 0.0
+    for pos in state.book:
+        mark = desk._marks.get(pos.symbol, pos.avg_price)
+        cost += pos.side * pos.qty * pos.avg_price
+        unrealized += pos.side * pos.qty * (mark - pos.avg_price)
+    cash = config.starting_cash + state.realized_total - cost
+    return EquityPoint(config.name, ts, config.starting_cash + state.realized_total + unrealized, cash,
+                       state.realized_total, unrealized, positions, "book")
 
 
 def rebuild_view(view: BrokerView, records: Sequence[Any]) -> int:
