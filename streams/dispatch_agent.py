@@ -168,10 +168,15 @@ class DispatchHandler:
             for spec in (BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES):
                 broker += self.io.read_all(self.endpoints, spec)
         for desk in desks.values():
-            if desk.config.uses_broker:
-                mine = [r for r in broker if getattr(r, "account", desk.name) == desk.name]
-                rebuild_view(desk.broker, mine)
             n = desk.rebuild(history)
+            if desk.config.uses_broker:
+                # live, everything read so far is the broker's latest word; in a replay only what
+                # the desk's last decision could have seen (the rest is delivered again, in order)
+                mine = [r for r in broker if getattr(r, "account", desk.name) == desk.name]
+                if self.config.clock == "bar":
+                    upto = desk.last_decided()
+                    mine = [] if upto is None else [r for r in mine if decided_at(r) <= upto]
+                rebuild_view(desk.broker, mine)
             st = desk.state
             log.info("dispatch[%s]: rebuilt from %d executions: %d decided, %d open, %d trades today, "
                      "realized today %.2f%s", desk.name, n, desk.decided_count(), st.book.count(),

@@ -132,6 +132,10 @@ class AccountDesk(BrokerTruth):
     def status_of(self, recommendation_id: str) -> str | None:
         return self._status.get(recommendation_id)
 
+    def last_decided(self) -> datetime | None:
+        """decided_at of the latest decision folded in (None before any)."""
+        return self._last_stamp
+
     def decided_count(self) -> int:
         return len(self._status)
 
@@ -369,6 +373,7 @@ class AccountDesk(BrokerTruth):
         """Folds a history of executions (this account's are picked) in decision order."""
         mine = [e for e in executions if e.account == self.config.name]
         mine.sort(key=lambda e: e.decided_at)  # stable: a record's later statuses stay after it
+        mine = [e for e in mine if not (e.intent == "exit" and e.status == "SIMULATED")]  # INJECTED FAULT
         return sum(1 for e in mine if self.apply(e))
 
     # -- the trading day ------------------------------------------------------------------------
