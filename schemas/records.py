@@ -394,6 +394,45 @@ class ReconcileEvent(Record):
         return self.account
 
 
+ALERT_STATES = ("firing", "resolved")
+SEVERITIES = ("critical", "warning", "info")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert(Record):
+    SCHEMA: ClassVar[str] = "alert"
+    rule: str
+    subject: str
+    state: str
+    severity: str
+    started_at: datetime
+    at: datetime
+    summary: str
+    details: dict[str, str] = field(default_factory=dict)
+
+    def key(self) -> str:
+        return f"{self.rule}:{self.subject}"
+
+
+CONTROL_ACTIONS = ("halt", "resume", "set")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlEvent(Record):
+    SCHEMA: ClassVar[str] = "control_event"
+    id: str
+    account: str  # an account name, or "*"
+    action: str
+    at: datetime
+    reason: str
+    settings: dict[str, str] = field(default_factory=dict)  # key -> JSON text
+    flatten: bool = False
+    operator: str = ""
+
+    def key(self) -> str:
+        return self.account
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.SCHEMA: cls
     for cls in (
@@ -411,5 +450,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
         OptionQuote,
         EquityPoint,
         ReconcileEvent,
+        Alert,
+        ControlEvent,
     )
 }

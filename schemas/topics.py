@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.records import (
+    Alert,
     Bar,
     BrokerAccount,
     BrokerPosition,
+    ControlEvent,
     EquityPoint,
     OptionQuote,
     ReconcileEvent,
@@ -68,6 +70,10 @@ BROKER_POSITIONS = TopicSpec("broker.positions", BrokerPosition, "account:symbol
 OPTION_QUOTES = TopicSpec("options.quotes", OptionQuote, "contract", SYMBOL_PARTITIONS, 90 * DAY_MS)
 EQUITY = TopicSpec("equity", EquityPoint, "account", SYMBOL_PARTITIONS, 365 * DAY_MS)
 RECONCILE = TopicSpec("reconcile", ReconcileEvent, "account", SYMBOL_PARTITIONS, 365 * DAY_MS)
+# The watchdog's alerts, and the operator's changes (compacted: the latest per key is the state;
+# every change is also kept in the control_events table).
+ALERTS = TopicSpec("alerts", Alert, "rule:subject", SYMBOL_PARTITIONS, 90 * DAY_MS)
+CONTROL = TopicSpec("control", ControlEvent, "account or *", SYMBOL_PARTITIONS, 3650 * DAY_MS, "compact")
 
 CONTRACT: tuple[TopicSpec, ...] = (
     BARS,
@@ -83,6 +89,8 @@ CONTRACT: tuple[TopicSpec, ...] = (
     OPTION_QUOTES,
     EQUITY,
     RECONCILE,
+    ALERTS,
+    CONTROL,
 )
 ALL_TOPICS: tuple[TopicSpec, ...] = CONTRACT + tuple(t.dlq for t in CONTRACT)
 _BY_NAME = {t.name: t for t in ALL_TOPICS}

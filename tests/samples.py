@@ -7,10 +7,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from schemas.records import (
+    Alert,
     Bar,
     BrokerAccount,
     BrokerOrder,
     BrokerPosition,
+    ControlEvent,
     EquityPoint,
     OptionQuote,
     ReconcileEvent,
@@ -107,6 +109,10 @@ def sample_records(ts: datetime) -> dict[str, Record]:
             "large-100k", ts, ts, "closed_at_broker", "AAPL", "OPEN 10 @ 190.12", "flat", "adopted",
             "the position was closed at the broker (a manual sale or a bracket leg)",
         ),
+        "alerts": Alert("stage_missing", "dispatch", "firing", "critical", ts, ts,
+                        "stage dispatch: no consumer group for 2 min", {"group": "ops-pipeline-dispatch"}),
+        "control": ControlEvent("c-1", "*", "set", ts, "lower the bar for the afternoon",
+                                {"min_confidence": "0.65"}, False, "ops"),
     }
 
 
