@@ -1,6 +1,6 @@
 """The bars connector: Alpaca's websocket minute bars and updated bars -> market.bars.1m, spoken with
 `websockets` from our own loop (alpaca-py's StockDataStream hides the 406/402 codes and owns the
-retry loop: see the README); the pure parts are in alpaca_protocol, intake, gaps and revisions.
+retry loop: see the README); REST is in bars_rest, the pure parts in alpaca_protocol, intake, gaps.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
 from connectors import alpaca_protocol as proto
-from connectors.alpaca_rest import AlpacaBarHistory, BarHistory, HistoryAuthError, RawBars
-from connectors.backfill import apply_recheck, asked_revisions
+from connectors.alpaca_rest import AlpacaBarHistory, BarHistory
 from connectors.bars_config import BarsConfig, ConnectorStats
+from connectors.bars_rest import BarsRest
 from connectors.credentials import Credentials, CredentialSource, CredentialsUnavailable
-from connectors.gaps import Chunk, GapDetector, chunks, stalled
+from connectors.gaps import GapDetector, stalled
 from connectors.intake import ORIGIN_STREAM, STAGE, BarIntake, BarSink, ProducerSink
 from connectors.revisions import RevisionBook
 from connectors.topic_tail import bars_tail
@@ -68,9 +68,6 @@ class BarsConnector:
         self.sink = sink
         self.calendar = calendar
         self.clock = clock or WallClock()
-        self._history_factory = history_factory or (
-            lambda c: AlpacaBarHistory(c, feed=config.feed, url=config.data_url)
-        )
         self._tail = tail
         self._rand = rand
         self.detector = GapDetector(
@@ -88,12 +85,24 @@ class BarsConnector:
         )
         self.stats = ConnectorStats()
         self.metrics = metrics if metrics is not None else process_metrics()
+        self.rest = BarsRest(
+            config,
+            intake=self.intake,
+            detector=self.detector,
+            stats=self.stats,
+            clock=self.clock,
+            history_factory=history_factory
+            or (lambda c: AlpacaBarHistory(c, feed=config.feed, url=config.data_url)),
+            reload_credentials=self._load_credentials,
+            reseed=self._seed,
+            flush=self._flush,
+            error=self._error,
+            backoff=self._backoff,
+            sleep=self._sleep,
+        )
         self._creds: Credentials | None = None
-        self._history: BarHistory | None = None
-        self._gap_lock = asyncio.Lock()
         self._last_data = self.clock.now()
         self._got_data = False
-        self._resync = False
         self._before_drop: dict[str, tuple[datetime, ...]] = {}  # for REST to recheck
         self._tasks: set[asyncio.Task[None]] = set()
         # websockets logs every frame at DEBUG, the auth frame included: never below INFO
@@ -106,7 +115,7 @@ class BarsConnector:
         self._load_credentials("start")
         if not await self._seed_until_read(stopping):
             return
-        timer = asyncio.create_task(self._gap_timer(stopping), name="bars-gap-timer")
+        timer = asyncio.create_task(self.rest.gap_timer(stopping), name="bars-gap-timer")
         flusher = asyncio.create_task(self._flush_loop(stopping), name="bars-flush")
         try:
             await self._stream(stopping)
@@ -152,7 +161,7 @@ class BarsConnector:
             return
         self.stats.credential_loads += 1
         self._creds = creds
-        self._history = None  # rebuilt with the new keys on the next REST call
+        self.rest.use(creds)
 
     # -- the websocket -----------------------------------------------------------------------
 
@@ -242,9 +251,9 @@ class BarsConnector:
             self._last_data = self.clock.now()
             log.info("alpaca stream subscribed", url=self.config.stream_url,
                      symbols=len(self.config.symbols), feed=self.config.feed)
-            self._spawn(self._gap_check("connect"))
+            self._spawn(self.rest.gap_check("connect"))
             if self._before_drop:
-                self._spawn(self._recheck(self._before_drop, stopping))
+                self._spawn(self.rest.recheck(self._before_drop, stopping))
                 self._before_drop = {}
             await self._consume(ws, stopping)
 
@@ -284,91 +293,6 @@ class BarsConnector:
                 self._got_data = True
                 self.intake.stream_message(msg, now=now)
 
-    # -- gaps --------------------------------------------------------------------------------
-
-    async def _gap_timer(self, stopping: asyncio.Event) -> None:
-        interval = self.config.gap_check_interval_s
-        if interval is None:
-            return
-        while not stopping.is_set():
-            await self._sleep(interval, stopping)
-            if not stopping.is_set():
-                await self._gap_check("timer")
-
-    async def _gap_check(self, reason: str) -> None:
-        """Ask REST for the session minutes missing from the topic; publish what it has."""
-        await self._with_rest("gap check", lambda: self._fill_gaps(reason))
-
-    async def _recheck(self, window: dict[str, tuple[datetime, ...]], stopping: asyncio.Event) -> None:
-        """REST judges the minutes before a drop: an updated bar Alpaca sent while the socket was
-        down is lost otherwise. Retried with backoff, then given up: never stops the stream."""
-        for attempt in range(1, self.config.recheck_attempts + 1):
-            if attempt > 1:
-                await self._sleep(self._backoff(attempt - 1), stopping)
-            if stopping.is_set():
-                return
-            if await self._with_rest("recheck", lambda: self._apply_recheck(window)):
-                return
-        self.stats.rechecks_given_up += 1
-        log.warning("recheck given up: updated bars sent during the drop may be lost",
-                    symbols=sorted(window), attempts=self.config.recheck_attempts)
-
-    async def _apply_recheck(self, window: dict[str, tuple[datetime, ...]]) -> None:
-        for chunk in chunks(window):
-            asked = asked_revisions(self.intake.book, chunk)
-            answer = await self._fetch(chunk)
-            report = apply_recheck(self.intake, answer, asked=asked, now=self.clock.now())
-            self.stats.recheck_reports.append(report)
-            if report.revised:
-                log.warning("bars revised from REST after a reconnect", minutes=len(report.revised),
-                            first=report.revised[0][1].isoformat(), symbols=chunk.symbols)
-        await asyncio.to_thread(self._flush)
-
-    async def _with_rest(self, what: str, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
-        """`work` (REST, then the topic) one at a time; False when it failed, logged, not raised."""
-        async with self._gap_lock:
-            try:
-                await work()
-                return True
-            except HistoryAuthError as exc:
-                self._error(type(exc).__name__)
-                log.warning(f"{what}: credentials refused", error=str(exc))
-                self._load_credentials("REST authentication failed")
-            except (PipelineError, KafkaException, OSError, TimeoutError) as exc:
-                self._error(type(exc).__name__)
-                log.warning(f"{what} failed; retrying later", error=f"{type(exc).__name__}: {exc}")
-        return False
-
-    async def _fetch(self, chunk: Chunk) -> RawBars:
-        if self._history is None:
-            assert self._creds is not None
-            self._history = self._history_factory(self._creds)
-        history = self._history
-        return await asyncio.wait_for(
-            asyncio.to_thread(history.fetch, chunk.symbols, chunk.start, chunk.end),
-            self.config.rest_timeout_s,
-        )
-
-    async def _fill_gaps(self, reason: str) -> None:
-        if self._resync:  # a delivery failed: trust only what the topic really has
-            self._resync = False
-            self.detector.forget_seen()
-            await self._seed()
-        now = self.clock.now()
-        due = self.detector.due(now)
-        if not due:
-            return
-        for chunk in chunks(due):
-            answer = await self._fetch(chunk)
-            report = self.intake.apply_backfill(chunk, answer, now=self.clock.now())
-            self.stats.gap_reports.append(report)
-            if report.filled:
-                log.warning("gap filled from REST", reason=reason, minutes=len(report.filled),
-                            first=report.filled[0][1].isoformat(), symbols=chunk.symbols)
-            if report.no_trade:
-                log.info("minutes without trades (not gaps)", minutes=len(report.no_trade))
-        await asyncio.to_thread(self._flush)
-
     # -- plumbing ----------------------------------------------------------------------------
 
     def _flush(self) -> None:
@@ -378,7 +302,7 @@ class BarsConnector:
             self._error(type(exc).__name__)
             log.error("bars not delivered; re-reading the topic before the next gap check",
                       error=str(exc))
-            self._resync = True
+            self.rest.resync()
 
     async def _flush_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

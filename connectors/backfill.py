@@ -98,17 +98,14 @@ def apply_recheck(
             minute = _minute(symbol, raw)
             if minute is not None and minute not in asked:
                 continue  # REST answers the whole span; only the asked minutes are judged here
-            bar = intake.rest_bar(symbol, raw, now=now)  # validated; a known minute is not sent
+            bar = intake.rest_valid(symbol, raw, now=now)
             if bar is None:
                 if minute is not None:
                     report.rejected.append(minute)
                     answered.add(minute)
                 continue
             answered.add((bar.symbol, bar.ts))
-            revised = intake.book.judge(bar, asked=asked[(bar.symbol, bar.ts)])
-            if revised is not None:
-                intake.sink.send(revised)
-                intake.stats.backfill += 1
+            if intake.rest_correction(bar, asked=asked[(bar.symbol, bar.ts)]) is not None:
                 report.revised.append((bar.symbol, bar.ts))
     report.absent.extend(sorted(m for m in asked if m not in answered))
     return report

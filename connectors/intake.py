@@ -72,12 +72,13 @@ class IntakeStats:
     live: int = 0
     updated: int = 0
     backfill: int = 0
+    corrections: int = 0  # REST's bar as the next revision of a minute rechecked after a drop
     replay: int = 0
     duplicates: int = 0
     rejected: int = 0
 
     def published(self) -> int:
-        return self.live + self.updated + self.backfill + self.replay
+        return self.live + self.updated + self.backfill + self.corrections + self.replay
 
 
 class BarIntake:
@@ -117,10 +118,17 @@ class BarIntake:
         return self._admit(bar, "updated" if updated else "live")
 
     def rest_bar(self, symbol: str, raw: Mapping[str, Any], *, now: datetime) -> Bar | None:
-        """One bar of a REST answer; validated like a live one. Returns the valid bar even when
-        it was not published (the minute was already known), None when rejected."""
+        """One bar of a REST answer for a gap; validated like a live one. Returns the valid bar even
+        when it was not published (the minute was already known), None when rejected."""
+        bar = self.rest_valid(symbol, raw, now=now)
+        if bar is not None:
+            self._admit(bar, "backfill")
+        return bar
+
+    def rest_valid(self, symbol: str, raw: Mapping[str, Any], *, now: datetime) -> Bar | None:
+        """One bar of a REST answer, validated like a live one; None when rejected (to the DLQ)."""
         try:
-            bar = validate_bar(
+            return validate_bar(
                 parse_bar(raw, source="backfill", symbol=symbol),
                 now=now, symbols=self.symbols, max_skew=self.max_skew,
             )
@@ -128,8 +136,18 @@ class BarIntake:
             payload = json.dumps({"symbol": symbol, "bar": dict(raw)}, default=str).encode()
             self.reject(ORIGIN_REST, exc.reason, payload, "application/json", symbol, now)
             return None
-        self._admit(bar, "backfill")
-        return bar
+
+    def rest_correction(self, bar: Bar, *, asked: int) -> Bar | None:
+        """REST's valid bar for a minute rechecked after a drop, at revision `asked` when REST was
+        asked: published as the next revision where its OHLCV differs, and returned; else None."""
+        if self.book.revision(bar.symbol, bar.ts) is None:
+            self._admit(bar, "backfill")  # left the book while REST was asked: a gap, filled as one
+            return None
+        revised = self.book.judge(bar, asked=asked)
+        if revised is not None:
+            self.sink.send(revised)
+            self.stats.corrections += 1
+        return revised
 
     def replayed(self, bar: Bar) -> None:
         """A replay record: already validated and revisioned by its source; published as is."""

@@ -79,3 +79,19 @@ def test_replayed_bars_pass_through(cal: TradingCalendar) -> None:
     b = Bar("ZZZ", T, 1, 1, 1, 1, 0, None, None, "replay", 3)
     intake.replayed(b)
     assert sink.bars == [b] and intake.stats.replay == 1
+
+
+def test_rechecked_minutes_count_as_corrections_not_duplicates_or_backfill(cal: TradingCalendar) -> None:
+    intake, sink, _ = make(cal)
+    now = T + 4 * M
+    for i in range(2):
+        intake.stream_message(bar_msg("AAPL", T + i * M), now=now)
+    agrees = intake.rest_valid("AAPL", rest_bar(T), now=now)
+    differs = intake.rest_valid("AAPL", rest_bar(T + M, v=1900), now=now)
+    assert agrees is not None and differs is not None
+    assert intake.rest_correction(agrees, asked=0) is None
+    revised = intake.rest_correction(differs, asked=0)
+    assert revised is not None and (revised.revision, revised.volume) == (1, 1900)
+    assert sink.bars[-1] == revised
+    s = intake.stats
+    assert (s.live, s.corrections, s.backfill, s.duplicates, s.published()) == (2, 1, 0, 0, 3)
