@@ -1,5 +1,6 @@
 """The broker's truth as one account's desk sees it: the latest snapshot records in event-time order,
-what the gates read from them, and the rules that watch positions the pipeline did not open.
+what the gates read from them, and the rules that watch positions the pipeline did not open (plus
+the event-time order shared with the operator's control records).
 """
 
 from __future__ import annotations
@@ -37,14 +38,23 @@ def broker_key(record: Any) -> tuple[datetime, int, str, int, str]:
         name = f"0|{record.account}"
     elif isinstance(record, OptionQuote):
         name = f"2|{record.contract}"
-    else:
+    elif isinstance(record, BrokerPosition):
         name = f"1|{record.account}|{record.symbol}"
-    return (event_minute(record.as_of), BROKER_KIND, f"{record.as_of.isoformat()}|{name}", 0, "")
+    else:  # an operator's control event
+        name = f"3|{record.account}|{record.id}"
+    at = event_time(record)
+    return (event_minute(at), BROKER_KIND, f"{at.isoformat()}|{name}", 0, "")
+
+
+def event_time(record: Any) -> datetime:
+    """The time a broker record (as_of) or a control event (at) speaks for."""
+    as_of = getattr(record, "as_of", None)
+    return as_of if as_of is not None else record.at
 
 
 def decided_at(record: Any) -> datetime:
-    """When a broker record is decided on in bar time: the end of its event minute."""
-    return event_minute(record.as_of) + MINUTE
+    """When a broker or control record is decided on in bar time: the end of its event minute."""
+    return event_minute(event_time(record)) + MINUTE
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ SIGNAL_KIND = 1
 
 def canonical_key(record: Any) -> tuple[datetime, int, str, int, str]:
     """The decision order of a features record, a recommendation or a broker record."""
-    if hasattr(record, "as_of"):
+    if hasattr(record, "as_of") or hasattr(record, "at"):
         return broker_key(record)
     action = getattr(record, "action", None)
     if action is not None:

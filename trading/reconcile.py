@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from schemas.records import (
     BrokerAccount,
     BrokerPosition,
+    ControlEvent,
     EquityPoint,
     Execution,
     OptionQuote,
@@ -61,6 +62,7 @@ class BrokerTruth:
     calendar: SessionCalendar
 
     if TYPE_CHECKING:
+        def on_control(self, event: ControlEvent, now: datetime) -> list[Execution]: ...
         def _stamp(self, now: datetime) -> datetime: ...
         def apply(self, execution: Execution) -> bool: ...
         def _flatten_now(self, now: datetime) -> bool: ...
@@ -97,6 +99,8 @@ class BrokerTruth:
         reconcile events it causes."""
         if isinstance(record, OptionQuote):
             return self.on_option_quote(record, now)
+        if isinstance(record, ControlEvent):
+            return self.on_control(record, now), []
         if getattr(record, "account", None) != self.config.name or not self.config.uses_broker:
             return _NOTHING
         if isinstance(record, BrokerAccount):
@@ -285,7 +289,7 @@ def equity_point(desk: Any, ts: datetime) -> EquityPoint:
 def rebuild_view(view: BrokerView, records: Sequence[Any]) -> int:
     """Folds a history of broker records into `view` (a restart), without deciding anything."""
     n = 0
-    for r in sorted(records, key=lambda r: r.as_of):
+    for r in sorted((r for r in records if hasattr(r, "as_of")), key=lambda r: r.as_of):
         if isinstance(r, BrokerAccount):
             n += view.apply_account(r)
         elif isinstance(r, BrokerPosition):
