@@ -18,7 +18,7 @@ from rich.table import Table
 from opsinfra.endpoints import resolve
 from opsinfra.errors import ConfigError, InputError, PipelineError
 from opsinfra.settings import Settings, redact_url
-from pipeline import backtest_cli, bars_cli, explain
+from pipeline import backtest_cli, bars_cli, control_cli, explain
 from pipeline.boundary import Shell
 from pipeline.provision import admin_client, provision
 from schemas.topics import ALL_TOPICS
@@ -298,6 +298,9 @@ def _wait_for_signal_or(worker: threading.Thread) -> None:
 def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    now: Annotated[
+        str | None, typer.Option("--now", help="Judge as of this ISO-8601 time (default: the clock).")
+    ] = None,
 ) -> None:
     """Health of topics, consumer groups, bars, news and tables; exit 1 with the reasons if unhealthy."""
     import json as _json
@@ -305,7 +308,8 @@ def status(
     from pipeline.status import collect
 
     settings = _settings(ctx)
-    report = collect(settings, resolve(settings))
+    at = bars_cli.parse_when(now, option="--now") if now is not None else None
+    report = collect(settings, resolve(settings), now=at)
     if as_json:
         console.print_json(_json.dumps(report.to_json()))
     else:
@@ -383,7 +387,7 @@ def demo(ctx: typer.Context) -> None:
     raise typer.Exit(run_demo(_settings(ctx), console))
 
 
-for _commands in (bars_cli, explain, backtest_cli):  # each adds its commands: register(app)
+for _commands in (bars_cli, explain, backtest_cli, control_cli):  # each adds its commands: register(app)
     _commands.register(app)
 
 

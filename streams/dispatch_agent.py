@@ -19,10 +19,20 @@ from connectors.alpaca_trading import AlpacaOrders, OrderOutcome, TradeUpdates, 
 from opsinfra.endpoints import Endpoints
 from opsinfra.kafka_config import admin_config
 from opsinfra.settings import Settings
-from schemas.records import BrokerAccount, BrokerPosition, Execution, Features, OptionQuote, Recommendation, Record
+from schemas.records import (
+    BrokerAccount,
+    BrokerPosition,
+    ControlEvent,
+    Execution,
+    Features,
+    OptionQuote,
+    Recommendation,
+    Record,
+)
 from schemas.topics import (
     BROKER_ACCOUNTS,
     BROKER_POSITIONS,
+    CONTROL,
     EQUITY,
     EXECUTIONS,
     FEATURES,
@@ -45,6 +55,9 @@ from trading.ordering import EventTimeBuffer, SignalProgress
 log = logging.getLogger(__name__)
 
 STAGE = "dispatch"
+# what the desks decide on, in canonical order: bars (exits), signals, the broker's records and the
+# operator's control records
+_DECIDED_ON = (Features, Recommendation, BrokerAccount, BrokerPosition, OptionQuote, ControlEvent)
 APP_ID = "ops-pipeline-dispatch"
 
 
@@ -164,10 +177,16 @@ class DispatchHandler:
         history = [e for e in self.io.read_all(self.endpoints, EXECUTIONS) if isinstance(e, Execution)]
         desks = {a.name: AccountDesk(a, self.calendar) for a in self.config.accounts}
         broker: list[Record] = []
-        if any(a.uses_broker for a in self.config.accounts):
+        if any(a.uses_broker for a in self.config.accounts):  # (ControlEvent: read below)
             for spec in (BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES):
                 broker += self.io.read_all(self.endpoints, spec)
+        control = sorted((r for r in self.io.read_all(self.endpoints, CONTROL) if isinstance(r, ControlEvent)),
+                         key=lambda r: r.at)
         for desk in desks.values():
+            last = max((e.decided_at for e in history if e.account == desk.name), default=None)
+            for event in control:  # the operator's changes in force at the desk's last decision
+                if self.config.clock == "wall" or (last is not None and decided_at(event) <= last):
+                    desk.on_control(event, event.at, rebuilding=True)
             n = desk.rebuild(history)
             if desk.config.uses_broker:
                 # live, everything read so far is the broker's latest word; in a replay only what
@@ -226,7 +245,7 @@ class DispatchHandler:
                         futures.append(await self.io.dead_letter(event, exc))
                     done.append(event)
                     continue
-                if not isinstance(record, Features | Recommendation | BrokerAccount | BrokerPosition | OptionQuote):
+                if not isinstance(record, _DECIDED_ON):
                     done.append(event)
                     continue
                 if isinstance(record, Features):
@@ -372,7 +391,7 @@ class DispatchHandler:
                 elif isinstance(record, Features):
                     futures.extend(await self._equity(desk, record.ts))
                     decisions = desk.on_bar(record.symbol, record.ts, record.close, self.now_for(record.ts))
-                elif isinstance(record, BrokerAccount | BrokerPosition | OptionQuote):
+                elif isinstance(record, BrokerAccount | BrokerPosition | OptionQuote | ControlEvent):
                     now = self.clock.now() if self.config.clock == "wall" else decided_at(record)
                     decisions, events = desk.on_broker(record, now)
                     for ev in events:
@@ -582,7 +601,7 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig 
     and the reconcile timer) to `papp`; returns the handler for tests."""
     config = config or DispatchConfig.from_settings(papp.settings)
     handler = DispatchHandler(papp, config, endpoints, calendar=calendar, orders=orders, clock=clock)
-    channel = handler.io.channel(SIGNALS, FEATURES, BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES)
+    channel = handler.io.channel(SIGNALS, FEATURES, BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES, CONTROL)
     for i, account in enumerate(config.accounts):
         # acks are the handler's: an event is acked once decided, after the event-time buffer
         add_agent(papp, channel, functools.partial(handler.batch, account.name, i == 0),
