@@ -25,6 +25,12 @@ GRANT SELECT, INSERT, UPDATE ON
     dispatch_executions,
     active_positions,
     lane_watchlist_state,
+    broker_accounts,
+    option_quotes,
+    account_equity,
+    reconcile_events,
+    alerts,
+    control_events,
     dead_letters,
     sink_offsets
 TO ops_pipeline_sink;

@@ -365,6 +365,10 @@ def _print_status(report: Any) -> None:
         ac.add_row(a.account, "[red]ON[/red]" if a.kill_switch else "off", str(a.trades_today),
                    f"{a.realized_today:,.2f}", str(a.open_positions))
     console.print(ac)
+    from pipeline.status import account_tables
+
+    for table in account_tables(report):
+        console.print(table)
     tb = Table(title="sink tables")
     tb.add_column("table")
     tb.add_column("rows")

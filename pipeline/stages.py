@@ -17,7 +17,7 @@ class Stage(Protocol):
     def __call__(self, settings: Settings, endpoints: Endpoints, stop: threading.Event) -> None: ...
 
 
-# Each stage process imports only its own module: importing all nine costs ~1.8 s a process
+# Each stage process imports only its own module: importing all ten costs ~1.8 s a process
 # (faust, torch, alpaca-py), paid by every child of `run` and the demo.
 def _bars() -> Stage:
     from connectors.alpaca_bars import run
@@ -59,6 +59,11 @@ def _watchlist() -> Stage:
     return run
 
 
+def _watchdog() -> Stage:
+    from pipeline.watchdog import run
+    return run
+
+
 def _sink() -> Stage:
     from sinks.postgres import run
     return run
@@ -67,6 +72,7 @@ def _sink() -> Stage:
 STAGES: Mapping[str, Callable[[], Stage]] = MappingProxyType({
     "bars": _bars, "rss": _rss, "classifier": _classifier, "features": _features, "signals": _signals,
     "dispatch": _dispatch, "positions": _positions, "watchlist": _watchlist, "sink": _sink,
+    "watchdog": _watchdog,
 })  # fmt: skip
 
 

@@ -210,11 +210,11 @@ class PostgresSink:
             except _BAD_RECORD as exc:
                 batch.dead.append(letter(m, exc, "sink"))
             else:
-                slot = slots.get(spec.table)
+                slot = slots.get(spec.slot)
                 if slot is None:
-                    slot = slots[spec.table] = (
-                        batch.rows.setdefault(spec.table, []),
-                        batch.msgs.setdefault(spec.table, []),
+                    slot = slots[spec.slot] = (
+                        batch.rows.setdefault(spec.slot, []),
+                        batch.msgs.setdefault(spec.slot, []),
                     )
                 slot[0].append(row)
                 slot[1].append(m)

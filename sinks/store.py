@@ -45,7 +45,7 @@ class DatabaseUnavailable(PipelineError):
 class Batch:
     """Decoded rows per table, dead letters, and the next offset of every partition read."""
 
-    rows: dict[str, list[Row]] = field(default_factory=dict)
+    rows: dict[str, list[Row]] = field(default_factory=dict)  # by TableSpec.slot
     msgs: dict[str, list[Any]] = field(default_factory=dict)  # the message behind each row
     dead: list[DeadLetter] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -211,12 +211,12 @@ class Store:
         try:
             conn.execute("BEGIN")
             for spec in TABLES:
-                rows = batch.rows.get(spec.table)
+                rows = batch.rows.get(spec.slot)
                 if rows:
                     self._copy(conn, spec, rows)
             stack.enter_context(conn.pipeline())
             for spec in TABLES:
-                if batch.rows.get(spec.table):
+                if batch.rows.get(spec.slot):
                     conn.execute(spec.upsert_sql())
                     for stmt in spec.after_sql():
                         conn.execute(stmt)
@@ -260,9 +260,9 @@ class Store:
         try:
             with conn.transaction():
                 for spec in TABLES:
-                    rows = batch.rows.get(spec.table)
+                    rows = batch.rows.get(spec.slot)
                     if rows:
-                        written += self._write_table(conn, spec, rows, batch.msgs[spec.table], dead)
+                        written += self._write_table(conn, spec, rows, batch.msgs[spec.slot], dead)
                 if dead:
                     self._insert_dead(conn, dead)
                 found = dead[len(batch.dead):]

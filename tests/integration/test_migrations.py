@@ -20,6 +20,9 @@ UNIQUE_KEYS = {
     "dispatch_executions": ("recommendation_id", "account_name"),
     "active_positions": ("account_name", "ticker"),
     "lane_watchlist_state": ("ticker", "ts"),
+    "broker_accounts": ("account_name", "as_of"),
+    "option_quotes": ("contract", "as_of"),
+    "account_equity": ("account_name", "ts"),
     "dead_letters": ("topic", "partition", "offset"),
     "sink_offsets": ("sink", "topic", "partition"),
 }
@@ -55,6 +58,19 @@ RUNBOOK_COLUMNS = {
     },
     "dispatch_executions": {"simulated_ts": None, "sim_json": "jsonb", "status": None},
     "lane_watchlist_state": {"score": None, "rank": None},
+    # 0002: every position held at Alpaca, with its origin, asset class and unrealized P&L
+    "active_positions": {
+        "qty": None, "avg_price": None, "status": None, "stop": None, "target": None,
+        "origin": "text", "asset_class": "text", "market_value": "double precision",
+        "unrealized_pl": "double precision", "unrealized_plpc": "double precision",
+        "current_price": "double precision", "broker_as_of": "timestamp with time zone",
+        "expiration": "date", "option_type": "text", "strike": "double precision",
+        "multiplier": "double precision",
+    },
+    "broker_accounts": {"cash": None, "buying_power": None, "options_buying_power": None,
+                        "equity": None, "trading_blocked": "boolean", "open_orders": "jsonb"},
+    "account_equity": {"equity": None, "cash": None, "unrealized_pnl": None},
+    "reconcile_events": {"kind": None, "symbol": None, "action": None, "decided_at": None},
 }
 
 
@@ -136,3 +152,32 @@ def test_an_edited_applied_migration_is_refused(database_url: str) -> None:
         conn.execute("UPDATE schema_migrations SET checksum = 'different' WHERE version = 1")
     with pytest.raises(migrate.MigrationError, match="changed after it was applied"):
         migrate.apply(database_url)
+
+
+def test_reconcile_events_key_treats_a_missing_symbol_as_one_value(database_url: str) -> None:
+    migrate.apply(database_url)
+    insert = ("INSERT INTO reconcile_events (account_name, as_of, decided_at, kind, symbol, desk, "
+              "broker, action, detail) "
+              "VALUES ('a', now(), '2026-11-20T15:00Z', 'cash_drift', %s, '', '', 'none', '')")
+    with psycopg.connect(database_url) as conn:
+        conn.execute(insert, (None,))
+        conn.execute(insert, ("AAPL",))  # another symbol: another event
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(insert, (None,))
+
+
+def test_0002_keeps_the_positions_written_before_it(database_url: str) -> None:
+    first, *_ = migrate.available()
+    with psycopg.connect(database_url) as conn:  # a database migrated before 0002 existed
+        migrate._ensure_history(conn)
+        conn.execute(first.sql.encode())
+        conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                     (first.version, first.name, first.checksum))
+        conn.execute("INSERT INTO active_positions (account_name, ticker, qty, avg_price, opened_at, "
+                     "status, updated_at) VALUES ('a', 'AAPL', 10, 100, '2026-11-20T14:31Z', 'CLOSED', "
+                     "'2026-11-20T15:00Z')")
+    assert [m.version for m in migrate.apply(database_url)] == [m.version for m in migrate.available()[1:]]
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT desk_updated_at = updated_at, desk_status, origin, asset_class, "
+                           "broker_as_of FROM active_positions").fetchone()
+    assert row == (True, "CLOSED", "pipeline", "us_equity", None)  # the desk's row, versioned as such

@@ -12,7 +12,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,12 +25,17 @@ from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
 from schemas.records import (
     Bar,
+    BrokerAccount,
+    BrokerPosition,
+    EquityPoint,
     Execution,
     Features,
     GateResult,
     NewsItem,
+    OptionQuote,
     Position,
     Recommendation,
+    ReconcileEvent,
     Record,
     ScoredNews,
     WatchlistEntry,
@@ -62,6 +67,10 @@ KEYS = {  # natural key of every sink table, as the old runbook reads it
     "dispatch_executions": "recommendation_id, account_name",
     "active_positions": "account_name, ticker",
     "lane_watchlist_state": "ticker, ts",
+    "broker_accounts": "account_name, as_of",
+    "option_quotes": "contract, as_of",
+    "account_equity": "account_name, ts",
+    "reconcile_events": "account_name, decided_at, kind, coalesce(symbol, '')",
 }
 Sent = list[tuple[TopicSpec, Record]]
 
@@ -154,10 +163,18 @@ def expected_keys(sent: Sent) -> dict[str, set[tuple[str, ...]]]:
         elif isinstance(r, Execution):
             keys["dispatch_executions"].add((r.recommendation_id, r.account))
             keys["dispatch_recommendations"].add((r.recommendation_id,))
-        elif isinstance(r, Position):
+        elif isinstance(r, Position | BrokerPosition):
             keys["active_positions"].add((r.account, r.symbol))
         elif isinstance(r, WatchlistEntry):
             keys["lane_watchlist_state"].add((r.symbol, r.ts.isoformat()))
+        elif isinstance(r, BrokerAccount):
+            keys["broker_accounts"].add((r.account, r.as_of.isoformat()))
+        elif isinstance(r, OptionQuote):
+            keys["option_quotes"].add((r.contract, r.as_of.isoformat()))
+        elif isinstance(r, EquityPoint):
+            keys["account_equity"].add((r.account, r.ts.isoformat()))
+        elif isinstance(r, ReconcileEvent):
+            keys["reconcile_events"].add((r.account, r.decided_at.isoformat(), r.kind, r.symbol or ""))
     return keys
 
 
@@ -253,22 +270,34 @@ def checksums(conn: psycopg.Connection[Any], tables: Sequence[str] = tuple(KEYS)
     return out
 
 
-def assert_runbook_queries_hold(conn: psycopg.Connection[Any]) -> None:
-    """The old system's runbook checks that a table can fail (one execution per (recommendation,
-    account) is its primary key; assert_tables_match checks the keys against what was sent)."""
-    assert conn.execute(
-        "SELECT count(*) FROM dispatch_recommendations WHERE status = 'PROCESSING'"
-    ).fetchone() == (0,)
-    assert conn.execute(
-        "SELECT count(*) FROM dispatch_executions WHERE sim_json->'bar_used'->>'timestamp' IS NULL"
-    ).fetchone() == (0,)
+EXECUTION_RANK = ("SUBMITTED", "SKIPPED", "SIMULATED", "FAILED", "FILLED")  # the later one wins
+
+
+def assert_runbook_queries_hold(conn: psycopg.Connection[Any], executions: Iterable[Execution]) -> None:
+    """What the old runbook reads of dispatch_executions, row by row against the records sent: the
+    bar each decision used (sim_json.bar_used.timestamp: the record's bar_used_ts, its decided_at
+    when it names none), its quantity and price, all from the record that won the merge. (Counting
+    PROCESSING rows or NULL bars checked nothing: the schema and the sink rule both out.)"""
+    won: dict[tuple[str, str], Execution] = {}
+    for e in executions:
+        k = (e.recommendation_id, e.account)
+        if k not in won or EXECUTION_RANK.index(e.status) > EXECUTION_RANK.index(won[k].status):
+            won[k] = e
+    rows = conn.execute(
+        "SELECT recommendation_id, account_name, status, sim_json->'bar_used'->>'timestamp', "
+        "(sim_json->>'qty')::float8, (sim_json->>'price')::float8 FROM dispatch_executions"
+    ).fetchall()
+    got = {(str(i), a): tuple(rest) for i, a, *rest in rows}
+    assert got == {
+        k: (e.status, (e.bar_used_ts or e.decided_at).isoformat(), e.qty, e.price) for k, e in won.items()
+    }
 
 
 def assert_tables_match(conn: psycopg.Connection[Any], sent: Sent) -> None:
-    """Exactly the distinct keys produced, none twice; the latest revision and status won."""
+    """Exactly the distinct keys produced (none twice: each is a unique key); the latest revision and
+    status won."""
     for table, keys in expected_keys(sent).items():
         found = table_keys(conn, table)
-        assert len(found) == len(set(found)), f"{table}: a key twice"
         missing, extra = sorted(keys - set(found))[:5], sorted(set(found) - keys)[:5]
         assert set(found) == keys, f"{table}: missing {missing}, extra {extra}"
     revisions: dict[tuple[str, datetime], int] = {}
@@ -287,7 +316,7 @@ def assert_tables_match(conn: psycopg.Connection[Any], sent: Sent) -> None:
     got_status = {(str(i), a): s for i, a, s in conn.execute(
         "SELECT recommendation_id, account_name, status FROM dispatch_executions")}
     assert got_status == statuses
-    assert_runbook_queries_hold(conn)
+    assert_runbook_queries_hold(conn, [r for _, r in sent if isinstance(r, Execution)])
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -315,6 +344,26 @@ def test_every_contract_topic_lands_in_its_table(
         assert lf is not None and lf[0] == 12000 and str(lf[1]) == "8000.00" and str(lf[2]) == "1.5000"
         topics = {t for (t,) in conn.execute("SELECT DISTINCT topic FROM sink_offsets")}
         assert topics == {provisioned.topic(s.name) for s in CONTRACT}  # physical names
+        # positions (AAPL, the desk's) and broker.positions (an external QCOM call) share a table
+        pos = conn.execute(
+            "SELECT ticker, qty, avg_price, status, origin, asset_class, market_value, unrealized_pl, "
+            "stop, expiration::text, option_type, strike, multiplier FROM active_positions ORDER BY ticker"
+        ).fetchall()
+        assert pos == [("AAPL", 10.0, 190.12, "OPEN", "pipeline", "us_equity", None, None, 186.3, None,
+                        None, None, None),
+                       ("QCOM260206C00150000", 2.0, 3.1, "OPEN", "external", "us_option", 840.0, 220.0,
+                        None, "2026-02-06", "call", 150.0, 100.0)]
+        acct = conn.execute(
+            "SELECT cash, buying_power, options_buying_power, equity, trading_blocked, trigger, "
+            "open_orders->0->>'symbol', open_orders->0->>'submitted_at' FROM broker_accounts").fetchone()
+        assert acct == (95_000.0, 190_000.0, 95_000.0, 121_000.0, False, "poll", "QCOM260206C00150000",
+                        T0.isoformat())
+        assert conn.execute("SELECT bid, ask, iv, delta, source FROM option_quotes").fetchone() == (
+            4.1, 4.3, 0.31, 0.52, "snapshot")
+        assert conn.execute("SELECT equity, cash, unrealized_pnl, open_positions, source "
+                            "FROM account_equity").fetchone() == (121_000.0, 95_000.0, 220.0, 1, "broker")
+        assert conn.execute("SELECT kind, symbol, desk, broker, action FROM reconcile_events").fetchone() == (
+            "closed_at_broker", "AAPL", "OPEN 10 @ 190.12", "flat", "adopted")
 
 
 def test_replaying_a_range_changes_no_checksum(
@@ -372,4 +421,4 @@ def test_merge_rules_do_not_depend_on_arrival_order(
         assert bars.fetchall() == [("AAPL", 2, 102.0), ("MSFT", 2, 102.0)]
         positions = conn.execute("SELECT ticker, status, qty FROM active_positions ORDER BY ticker")
         assert positions.fetchall() == [("AAPL", "CLOSED", 15.0), ("MSFT", "CLOSED", 15.0)]
-        assert_runbook_queries_hold(conn)
+        assert_runbook_queries_hold(conn, [r for r in one + two if isinstance(r, Execution)])

@@ -1,0 +1,249 @@
+"""The watchdog stage: nothing fails silently. Every 15 s it evaluates rules over the facts `status`
+gathers, publishes each rule's firing and resolution to the `alerts` topic, and notifies a person.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from opsinfra.endpoints import Endpoints
+from opsinfra.settings import Settings
+from schemas.records import Alert
+
+log = logging.getLogger(__name__)
+
+#: the consumer groups of the agents (under the topic prefix); bars and rss are judged by their topics
+AGENT_GROUPS = ("features", "classifier", "signals", "dispatch", "positions", "watchlist")
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    every_s: float = 15.0
+    stage_missing_for_s: float = 120.0  # a group absent or not committing this long
+    lag_limit: int = 1000
+    lag_for_s: float = 300.0
+    bar_stale_s: float = 120.0  # in market hours
+    news_silent_s: float = 3600.0  # in market hours, with feeds configured
+    runaway_executions: int = 200  # per account per day
+    pending_recommendation_s: float = 600.0
+    stages: tuple[str, ...] = AGENT_GROUPS
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> WatchdogConfig:
+        every = getattr(settings, "watchdog_every_s", None)
+        return cls(**({"every_s": every} if every else {}), **overrides)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A rule's verdict for one subject, now: true conditions only."""
+
+    rule: str
+    subject: str
+    severity: str
+    summary: str
+    details: dict[str, str] = field(default_factory=dict)
+    for_s: float = 0.0  # how long it must hold before it fires
+
+
+@dataclass
+class Facts:
+    """What the rules read: a status Report plus the watchdog's own reads (dead letters)."""
+
+    report: Any  # pipeline.status.Report
+    prefix: str = ""
+    feeds_configured: bool = False
+    dlq_ends: dict[str, int] = field(default_factory=dict)  # dlq topic -> end offset (sum)
+    classifier_model: str | None = None  # the model named by the latest scored item
+    executions_today: dict[str, int] = field(default_factory=dict)
+    pending_recommendations: int = 0  # signals with no decision of some account after the limit
+
+
+def evaluate(facts: Facts, config: WatchdogConfig, previous_dlq: dict[str, int]) -> list[Condition]:
+    """Every rule over `facts`: the conditions that hold now (pure)."""
+    r = facts.report
+    out: list[Condition] = []
+    groups = {g.group: g for g in r.groups}
+    for stage in config.stages:
+        group = f"{facts.prefix}ops-pipeline-{stage}"
+        g = groups.get(group)
+        if g is None:
+            out.append(Condition("stage_missing", stage, "critical",
+                                 f"stage {stage}: no consumer group {group} (never started, or gone)",
+                                 {"group": group}, config.stage_missing_for_s))
+        elif g.oldest_wait_s is not None and g.oldest_wait_s > config.stage_missing_for_s:
+            out.append(Condition("stage_missing", stage, "critical",
+                                 f"stage {stage}: not committing while its input grows "
+                                 f"(a record waited {g.oldest_wait_s:.0f}s)", {"group": group}))
+        if g is not None and g.lag > config.lag_limit:
+            out.append(Condition("consumer_lag", stage, "warning", f"stage {stage}: lag {g.lag} records",
+                                 {"lag": str(g.lag), "limit": str(config.lag_limit)}, config.lag_for_s))
+    if r.market_open:
+        stale = [s for s in r.symbols if s.age_s is None or s.age_s > config.bar_stale_s]
+        if r.symbols and len(stale) == len(r.symbols):
+            out.append(Condition("bars_stopped", "market.bars.1m", "critical",
+                                 f"no bar for any symbol for {config.bar_stale_s:.0f}s while the market is open",
+                                 {"symbols": ",".join(s.symbol for s in stale)}))
+        else:
+            for s in stale:
+                age = "ever" if s.age_s is None else f"{s.age_s:.0f}s"
+                out.append(Condition("bar_stale", s.symbol, "warning", f"{s.symbol}: no bar for {age}",
+                                     {"last_bar": s.last_bar or ""}))
+        if facts.feeds_configured and (r.news_age_s is None or r.news_age_s > config.news_silent_s):
+            age = "ever" if r.news_age_s is None else f"{r.news_age_s / 60:.0f} min"
+            out.append(Condition("news_silent", "news.raw", "warning",
+                                 f"news.raw silent for {age} with feeds configured"))
+    if facts.classifier_model is not None and facts.classifier_model.startswith("lexicon"):
+        out.append(Condition("classifier_fallback", "classifier", "warning",
+                             f"the classifier scores with its fallback ({facts.classifier_model}), not the model",
+                             {"model": facts.classifier_model}))
+    for topic, end in sorted(facts.dlq_ends.items()):
+        before = previous_dlq.get(topic)
+        if before is not None and end > before:
+            out.append(Condition("dead_letters", topic, "warning", f"{topic}: {end - before} new dead letter(s)",
+                                 {"end": str(end), "new": str(end - before)}))
+    for acct in getattr(r, "accounts", []):
+        if acct.kill_switch:
+            out.append(Condition("kill_switch", acct.account, "critical",
+                                 f"account {acct.account}: daily loss kill switch tripped",
+                                 {"realized_today": f"{acct.realized_today:.2f}"}))
+        n = facts.executions_today.get(acct.account, 0)
+        if n > config.runaway_executions:
+            out.append(Condition("runaway", acct.account, "critical",
+                                 f"account {acct.account}: {n} executions today (more than "
+                                 f"{config.runaway_executions})", {"executions": str(n)}))
+    if facts.pending_recommendations:
+        out.append(Condition("recommendation_pending", "dispatch", "warning",
+                             f"{facts.pending_recommendations} recommendation(s) without a decision for over "
+                             f"{config.pending_recommendation_s / 60:.0f} min",
+                             {"count": str(facts.pending_recommendations)}))
+    for problem in r.problems:
+        if problem.startswith("broker") or "snapshot" in problem or "reconcile" in problem:
+            out.append(Condition("broker_state", problem.split(":", 1)[0], "warning", problem))
+    return out
+
+
+@dataclass
+class _Tracked:
+    started_at: datetime
+    condition: Condition
+    firing: bool = False
+
+
+class AlertBook:
+    """The rules' state: a condition becomes an alert once it held for its `for_s`, and a resolved
+    alert when it stops holding; returns only the transitions (to publish and notify)."""
+
+    def __init__(self) -> None:
+        self.tracked: dict[tuple[str, str], _Tracked] = {}
+
+    def update(self, conditions: Iterable[Condition], now: datetime) -> list[Alert]:
+        out: list[Alert] = []
+        seen: set[tuple[str, str]] = set()
+        for c in conditions:
+            key = (c.rule, c.subject)
+            seen.add(key)
+            t = self.tracked.get(key)
+            if t is None:
+                t = self.tracked[key] = _Tracked(now, c)
+            t.condition = c
+            if not t.firing and (now - t.started_at).total_seconds() >= c.for_s:
+                t.firing = True
+                out.append(Alert(c.rule, c.subject, "firing", c.severity, t.started_at, now, c.summary,
+                                 dict(c.details)))
+        for key in [k for k in self.tracked if k not in seen]:
+            t = self.tracked.pop(key)
+            if t.firing:
+                c = t.condition
+                out.append(Alert(c.rule, c.subject, "resolved", c.severity, t.started_at, now,
+                                 f"resolved: {c.summary}", dict(c.details)))
+        return out
+
+    def firing(self) -> list[tuple[str, str]]:
+        return sorted(k for k, t in self.tracked.items() if t.firing)
+
+
+class Watchdog:
+    """The loop: gather facts, evaluate, publish transitions, notify."""
+
+    def __init__(self, settings: Settings, endpoints: Endpoints, config: WatchdogConfig, *,
+                 publish: Callable[[Alert], None], notify: Callable[[Alert], None] | None = None,
+                 clock: Callable[[], datetime] | None = None, calendar: Any = None) -> None:
+        self.settings = settings
+        self.endpoints = endpoints
+        self.config = config
+        self.publish = publish
+        self.notify = notify
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.calendar = calendar
+        self.book = AlertBook()
+        self._dlq: dict[str, int] = {}
+        self.rounds = 0
+
+    def facts(self, now: datetime) -> Facts:
+        from opsinfra.kafka_io import true_end_offsets
+        from pipeline import status
+        from schemas.topics import CONTRACT
+
+        report = status.collect(self.settings, self.endpoints, now=now, calendar=self.calendar)
+        dlq_names = [self.settings.topic(t.dlq.name) for t in CONTRACT]
+        ends: dict[str, int] = {}
+        for (topic, _p), end in true_end_offsets(self.settings, self.endpoints.kafka_bootstrap_servers,
+                                                 dlq_names).items():
+            ends[topic] = ends.get(topic, 0) + end
+        return Facts(report, self.settings.pipeline_topic_prefix, bool(self.settings.rss_feeds), ends,
+                     executions_today={a.account: a.trades_today for a in report.accounts})
+
+    def round(self) -> list[Alert]:
+        now = self.clock()
+        facts = self.facts(now)
+        alerts = self.book.update(evaluate(facts, self.config, self._dlq), now)
+        self._dlq = facts.dlq_ends
+        for alert in alerts:
+            self.publish(alert)
+            log.warning("alert %s %s[%s]: %s", alert.state.upper(), alert.rule, alert.subject, alert.summary)
+            if self.notify is not None:
+                self.notify(alert)
+        self.rounds += 1
+        return alerts
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.round()
+            except Exception:  # noqa: BLE001 - a failed round is logged; the next one tries again
+                log.exception("watchdog: a round failed")
+            stop.wait(max(0.0, self.config.every_s - (time.monotonic() - started)))
+
+
+def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
+        config: WatchdogConfig | None = None) -> None:
+    """The `watchdog` stage."""
+    from schemas.codec import make_codec
+    from schemas.topic_io import RecordProducer
+    from schemas.topics import ALERTS
+
+    notifier: Any = None
+    try:
+        from connectors.notify import Notifier
+
+        notifier = Notifier.from_settings(settings)
+    except ImportError:  # pragma: no cover - the notifiers ship with the package
+        notifier = None
+    with RecordProducer(settings, endpoints.kafka_bootstrap_servers, make_codec(settings.schema_registry_url)) as out:
+        def publish(alert: Alert) -> None:
+            out.send(ALERTS, alert)
+            out.flush(10.0)  # an alert is worth a round trip: on record before anyone is told
+
+        dog = Watchdog(settings, endpoints, config or WatchdogConfig.from_settings(settings),
+                       publish=publish,
+                       notify=None if notifier is None else notifier.notify)
+        log.info("watchdog: every %.0fs over %s", dog.config.every_s, ", ".join(dog.config.stages))
+        dog.run(stop)
