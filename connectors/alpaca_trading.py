@@ -11,6 +11,8 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -19,6 +21,7 @@ from requests.adapters import HTTPAdapter
 from connectors.credentials import CredentialSource
 from schemas.records import Execution
 from trading.execution import FAILED, FILLED, SUBMITTED
+from trading.options import parse_occ
 
 log = logging.getLogger(__name__)
 
@@ -108,29 +111,82 @@ def outcome_of_update(update: Any) -> OrderOutcome | None:
     return None
 
 
-class _TimeoutAdapter(HTTPAdapter):
-    """requests has no default timeout; an order call must never hang the dispatch agent."""
+MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After is cut to this: the caller's next pass tries again
 
-    def __init__(self, timeout: tuple[float, float]) -> None:
+
+class _TimeoutAdapter(HTTPAdapter):
+    """requests has no default timeout; an order call must never hang the dispatch agent. Every
+    response is shown to `on_response` (Retry-After, call counts)."""
+
+    def __init__(self, timeout: tuple[float, float],
+                 on_response: Callable[[requests.Response], None] | None = None) -> None:
         super().__init__(max_retries=0)
         self._timeout = timeout
+        self._on_response = on_response
 
     def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._timeout
-        return super().send(request, **kwargs)
+        response = super().send(request, **kwargs)
+        if self._on_response is not None:
+            self._on_response(response)
+        return response
 
 
-def trading_client(key_id: str, secret: str, *, url: str | None, timeout_s: float) -> Any:
-    """An alpaca-py TradingClient that times out and retries only 429 (a POST that was refused,
-    so cannot have placed an order); alpaca-py would otherwise also re-POST after a 504."""
-    client = _alpaca().trading.client.TradingClient(key_id, secret, paper=True, url_override=url)
-    # TradingClient exposes neither setting: its RESTClient attributes are set directly.
-    client._retry_codes = [429]
-    adapter = _TimeoutAdapter((min(3.05, timeout_s), timeout_s))
+def retry_after_s(value: str | None, *, default: float, cap: float = MAX_RETRY_AFTER_S,
+                  now: datetime | None = None) -> float:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), within [0, cap]."""
+    if value is None or not value.strip():
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return default
+    return min(max(seconds, 0.0), cap)
+
+
+def harden(client: Any, *, timeout_s: float,
+           on_response: Callable[[requests.Response], None] | None = None) -> Any:
+    """Timeouts on every request of an alpaca-py REST client, and its 429 retries wait what the
+    answer's Retry-After asks: alpaca-py sleeps a fixed `_retry_wait` (3 s) and reads no header, so
+    the header's value is put there before alpaca-py's retry loop sleeps on it."""
+    default_wait = client._retry_wait
+
+    def seen(response: requests.Response) -> None:
+        if response.status_code == 429:
+            client._retry_wait = retry_after_s(response.headers.get("Retry-After"), default=default_wait)
+        if on_response is not None:
+            on_response(response)
+
+    adapter = _TimeoutAdapter((min(3.05, timeout_s), timeout_s), seen)
     client._session.mount("http://", adapter)
     client._session.mount("https://", adapter)
     return client
+
+
+def trading_client(key_id: str, secret: str, *, url: str | None, timeout_s: float, raw_data: bool = False,
+                   on_response: Callable[[requests.Response], None] | None = None) -> Any:
+    """An alpaca-py TradingClient that times out and retries only 429 (a POST that was refused,
+    so cannot have placed an order), after the wait the answer asks for; alpaca-py would
+    otherwise also re-POST after a 504."""
+    client = _alpaca().trading.client.TradingClient(key_id, secret, paper=True, url_override=url,
+                                                    raw_data=raw_data)
+    # TradingClient exposes neither setting: its RESTClient attributes are set directly.
+    client._retry_codes = [429]
+    return harden(client, timeout_s=timeout_s, on_response=on_response)
+
+
+def broker_price(price: float) -> float:
+    """A price Alpaca accepts: whole cents from $1, four decimals below (sub-penny is refused)."""
+    return round(price, 2) if abs(price) >= 1.0 else round(price, 4)
 
 
 class AlpacaOrders:
@@ -156,21 +212,39 @@ class AlpacaOrders:
                                              creds.secret_key.get_secret_value())
             return self._client
 
-    def submit(self, execution: Execution) -> OrderOutcome:
-        """POST the execution's order once; an unclear answer is resolved by a lookup."""
+    def submit(self, execution: Execution, *, take_profit: float | None = None,
+               stop_loss: float | None = None) -> OrderOutcome:
+        """POST the execution's order once; an unclear answer is resolved by a lookup.
+
+        With both `take_profit` and `stop_loss`, a bracket: the entry and its two exits at Alpaca,
+        good till canceled, so the stop outlives the session and a dispatch stage that is down."""
         alpaca = _alpaca()
         APIError = alpaca.common.exceptions.APIError  # noqa: N806
+        requests_ = alpaca.trading.requests
         OrderSide, TimeInForce = alpaca.trading.enums.OrderSide, alpaca.trading.enums.TimeInForce  # noqa: N806
         coid = execution.client_order_id
         if coid is None or execution.qty is None:
             raise ValueError("an order needs a client_order_id and a quantity")
-        request = alpaca.trading.requests.MarketOrderRequest(
-            symbol=execution.symbol,
-            qty=execution.qty,
-            side=OrderSide.BUY if execution.action == "BUY" else OrderSide.SELL,
-            time_in_force=TimeInForce.DAY,
-            client_order_id=coid,
-        )
+        option = parse_occ(execution.symbol) is not None
+        if option and execution.qty != int(execution.qty):
+            raise ValueError(f"an option order is for whole contracts, not {execution.qty}")
+        fields: dict[str, Any] = {
+            "symbol": execution.symbol,
+            "qty": int(execution.qty) if option else execution.qty,
+            "side": OrderSide.BUY if execution.action == "BUY" else OrderSide.SELL,
+            "time_in_force": TimeInForce.DAY,
+            "client_order_id": coid,
+        }
+        if take_profit is not None and stop_loss is not None:
+            if option:
+                raise ValueError("Alpaca takes no bracket orders for options")
+            fields.update(
+                order_class=alpaca.trading.enums.OrderClass.BRACKET,
+                time_in_force=TimeInForce.GTC,
+                take_profit=requests_.TakeProfitRequest(limit_price=broker_price(take_profit)),
+                stop_loss=requests_.StopLossRequest(stop_price=broker_price(stop_loss)),
+            )
+        request = requests_.MarketOrderRequest(**fields)
         for attempt in (0, 1):
             client = self._get_client(reload=attempt > 0)
             try:
@@ -178,7 +252,7 @@ class AlpacaOrders:
                 order = client.submit_order(request)
             except APIError as exc:
                 status, code, message = _api_error(exc)
-                if status in (401, 403) and attempt == 0 and _is_auth(code, message):
+                if status in (401, 403) and attempt == 0 and _is_auth(status, code, message):
                     # refused before it was placed: new keys (a rotation), the same POST once more
                     log.warning("alpaca: %s on POST %s; reloading credentials", status, coid)
                     continue
@@ -240,8 +314,13 @@ def _api_error(exc: Any) -> tuple[int | None, int | None, str]:
         return status, None, str(exc)[:200]
 
 
-def _is_auth(code: int | None, message: str) -> bool:
-    return code in (40110000, 40310000) or "unauthorized" in message.lower() or "forbidden" in message.lower()
+def _is_auth(status: int | None, code: int | None, message: str) -> bool:
+    """A refusal of the keys (read them again), not of the order: Alpaca also answers 403 with code
+    40310000 for "insufficient buying power" and "insufficient qty available"."""
+    text = message.lower()
+    if "insufficient" in text:
+        return False
+    return status == 401 or code in (40110000, 40310000) or "unauthorized" in text or "forbidden" in text
 
 
 class TradeUpdates:

@@ -44,9 +44,11 @@ class CredentialSource:
     without a file a rotation still needs a restart (and the log says so).
     """
 
-    def __init__(self, *, file: Path | None, key_id: SecretStr | None, secret_key: SecretStr | None):
+    def __init__(self, *, file: Path | None, key_id: SecretStr | None, secret_key: SecretStr | None,
+                 label: str | None = None):
         self.file = file
         self._env = (key_id, secret_key)
+        self.label = label  # whose keys, for logs (e.g. the accounts using them): never a value
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CredentialSource:
@@ -58,7 +60,7 @@ class CredentialSource:
 
     def load(self, *, reason: str = "start") -> Credentials:
         creds = self._from_file(self.file) if self.file is not None else self._from_env()
-        log.info("alpaca credentials loaded", source=creds.source, reason=reason)
+        log.info("alpaca credentials loaded", source=creds.source, reason=reason, label=self.label)
         return creds
 
     def _from_env(self) -> Credentials:
@@ -87,4 +89,4 @@ class CredentialSource:
         return Credentials(SecretStr(key), SecretStr(secret), f"file {path} (modified {modified})")
 
     def __repr__(self) -> str:
-        return f"CredentialSource(file={self.file!r})"
+        return f"CredentialSource(file={self.file!r}, label={self.label!r})"

@@ -27,22 +27,37 @@ from opsinfra.kafka_config import admin_config
 from opsinfra.kafka_io import read_to_end, true_end_offsets
 from opsinfra.settings import Settings, redact_url
 from pipeline import sample_session
+from pipeline.sample_broker import SHADOW, broker_stream, control_stream
 from pipeline.backtest_cli import print_summary, write_outputs
 from pipeline.provision import provision
 from pipeline.runbook import LiveRecords, decision_checks
 from pipeline.supervisor import StageProcesses
 from schemas.codec import decode, make_codec
-from schemas.records import Execution, NewsItem
-from schemas.topic_io import RecordProducer
-from schemas.topics import ALL_TOPICS, NEWS_RAW, NEWS_SCORED
-from trading.accounts import accounts_from_settings
+from schemas.records import Alert, BrokerAccount, ControlEvent, Execution, NewsItem
+from schemas.topic_io import RecordProducer, read_records
+from schemas.topics import ALERTS, ALL_TOPICS, BROKER_ACCOUNTS, BROKER_POSITIONS, CONTROL, NEWS_RAW, NEWS_SCORED
+from trading.accounts import accounts_from_settings, parse_accounts
+from trading.gates import DEFAULT_ACCOUNTS, AccountConfig
 from trading.backtest import Backtester
 from trading.calendar import TradingCalendar
 from trading.signals import strategy_from_settings
 
 SESSION_DIR = Path("data/sample_session")
-STAGES = ("features", "classifier", "signals", "dispatch", "positions", "watchlist", "sink")
-INPUT_TOPICS = ("market.bars.1m", "news.raw", "news.scored", "features.1m", "signals", "executions")
+STAGES = ("features", "classifier", "signals", "dispatch", "positions", "watchlist", "sink", "watchdog")
+INPUT_TOPICS = ("market.bars.1m", "news.raw", "news.scored", "features.1m", "signals", "executions",
+                "broker.accounts", "broker.positions", "control")
+
+
+def demo_accounts(settings: Settings) -> tuple[AccountConfig, ...]:
+    """PIPELINE_ACCOUNTS when set; else the two defaults and a shadow account whose gates read the
+    session's recorded broker stream (pipeline.sample_broker)."""
+    if settings.pipeline_accounts:
+        return accounts_from_settings(settings)
+    return (*DEFAULT_ACCOUNTS, *parse_accounts([SHADOW]))
+
+
+def _accounts_json(accounts: tuple[AccountConfig, ...]) -> str:
+    return json.dumps([a.to_dict() for a in accounts])
 
 
 def _session_dir(data_dir: Path) -> Path:
@@ -241,8 +256,10 @@ def run_demo(settings: Settings, console: Console) -> int:
             f"{len(applied)} migrations applied"
         )
 
+        accounts = demo_accounts(settings)
         env = dict(
             os.environ,
+            PIPELINE_ACCOUNTS=_accounts_json(accounts),
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             DATABASE_URL=db,
             PIPELINE_CLOCK="bar",
@@ -263,6 +280,18 @@ def run_demo(settings: Settings, console: Console) -> int:
         _wait_scored(settings, bootstrap, {n.id for n in news}, stages)
 
         prep = prepare_rows(load_bar_file(session / "bars.csv"))
+        # the recorded broker stream of the shadow account and the operator's changes: published
+        # before the bars, consumed by dispatch in event-time order, given to the backtest alike
+        broker: list[Any] = broker_stream() if any(a.name == SHADOW["name"] for a in accounts) else []
+        names = {a.name for a in accounts}
+        broker += [c for c in control_stream() if c.account in names]
+        with RecordProducer(settings, bootstrap, codec) as producer:
+            for record in broker:
+                spec = (CONTROL if isinstance(record, ControlEvent) else
+                        BROKER_ACCOUNTS if isinstance(record, BrokerAccount) else BROKER_POSITIONS)
+                producer.send(spec, record)
+        console.print(f"published {len(broker)} broker snapshot and control records (the shadow account's "
+                      "recorded broker stream, an operator's halt and a setting change)")
 
         with RecordProducer(settings, bootstrap, codec) as producer:
             report = publish(prep, BarIntake(ProducerSink(producer), symbols=None), origin="demo", speed=None)
@@ -273,11 +302,11 @@ def run_demo(settings: Settings, console: Console) -> int:
         waited = wait_drained(settings, bootstrap, db, stages, console)
         console.print(f"drained in {waited:.0f}s")
         live = LiveRecords.read(settings, bootstrap, codec)
-        accounts = accounts_from_settings(settings)
         summary = _summary(db, console, live, [a.name for a in accounts])
         out = Path("reports") / "demo"
-        parity = _report_and_parity(settings, live, prep.bars, out, console)
+        parity = _report_and_parity(settings, live, prep.bars, out, console, accounts, broker)
         summary["parity"] = parity
+        summary["watchdog"] = _alert_counts(settings, bootstrap, codec, console)
         (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         ok = parity["identical"] and not any(summary["runbook"].values())
     console.print(
@@ -286,6 +315,19 @@ def run_demo(settings: Settings, console: Console) -> int:
         else f"demo finished in {time.monotonic() - started:.0f}s; stages stopped"
     )
     return 0 if ok else 1
+
+
+def _alert_counts(settings: Settings, bootstrap: str, codec: Any, console: Console) -> dict[str, Any]:
+    """What the watchdog said during the run (the alerts topic): firing and resolved, by rule."""
+    got = [r for _m, r in read_records(settings, bootstrap, codec, ALERTS, quiet_s=0.3) if isinstance(r, Alert)]
+    by_state = {state: sorted(f"{a.rule}[{a.subject}]" for a in got if a.state == state)
+                for state in ("firing", "resolved")}
+    resolved = {(a.rule, a.subject, a.started_at) for a in got if a.state == "resolved"}
+    still = sorted(f"{a.rule}[{a.subject}]" for a in got
+                   if a.state == "firing" and (a.rule, a.subject, a.started_at) not in resolved)
+    console.print(f"watchdog: {len(by_state['firing'])} alert(s) fired, {len(by_state['resolved'])} resolved"
+                  + (f"; still firing: {', '.join(still)}" if still else ""))
+    return {"fired": len(by_state["firing"]), "resolved": len(by_state["resolved"]), "still_firing": still}
 
 
 def _wait_scored(
@@ -311,20 +353,25 @@ def _wait_scored(
 
 
 def _report_and_parity(
-    settings: Settings, live: LiveRecords, bars: list[Any], out: Path, console: Console
+    settings: Settings, live: LiveRecords, bars: list[Any], out: Path, console: Console,
+    accounts: tuple[AccountConfig, ...], broker: list[Any],
 ) -> dict[str, Any]:
     """The session's report from the live executions, and the same session backtested in-process."""
 
     calendar = TradingCalendar()
     if bars:
         calendar.session(bars[0].ts.date())  # load it before the backtest's clock starts
-    bt = Backtester(accounts_from_settings(settings), calendar, strategy_from_settings(settings))
+    bt = Backtester(accounts, calendar, strategy_from_settings(settings))
     bt.add_news(live.scored)
+    bt.add_broker(broker)
     result = bt.run(bars)
     summary = write_outputs(out, result, "ops-pipeline demo: the sample session (backtest of the same bars)")
     print_summary(summary)
 
     def decisions(execs: list[Execution]) -> dict[tuple[str, str], tuple[Any, ...]]:
+        def num(x: Any) -> Any:  # floats to 9 decimals: the two sides may differ in the last bits
+            return round(x, 9) if isinstance(x, float) else x
+
         final: dict[tuple[str, str], tuple[Any, ...]] = {}
         for e in execs:
             final[(e.recommendation_id, e.account)] = (
@@ -332,7 +379,10 @@ def _report_and_parity(
                 e.status,
                 e.intent,
                 e.failure_reason,
-                tuple((g.name, g.passed) for g in e.gates),
+                num(e.qty),
+                num(e.price),
+                e.bar_used_ts,
+                tuple((g.name, g.passed, num(g.value), num(g.limit)) for g in e.gates),
             )
         return final
 

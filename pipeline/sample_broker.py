@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from schemas.records import BrokerAccount, BrokerPosition
+from schemas.records import BrokerAccount, BrokerPosition, ControlEvent
 from trading.options import parse_occ
 
 from pipeline.sample_session import MINUTES, OPEN_UTC
@@ -59,3 +59,17 @@ def broker_stream(account: str = SHADOW["name"]) -> list[Any]:
         out.append(BrokerAccount(account, as_of, "ACTIVE", "USD", 50_000.0, power, power / 2, 100_000.0,
                                  100_000.0, 6_200.0, 0.0, 2, False, [], "poll"))
     return out
+
+
+def control_stream() -> list[ControlEvent]:
+    """The operator's changes during the session: a lower confidence bar for large-100k from
+    midday, and tiny-1k halted for an hour in the afternoon."""
+    def at(minutes: int) -> datetime:
+        return OPEN_UTC + timedelta(minutes=minutes, seconds=10)
+
+    return [
+        ControlEvent("demo-set-large-100k", "large-100k", "set", at(120), "demo: lower the bar at midday",
+                     {"min_confidence": "0.6"}, False, "demo"),
+        ControlEvent("demo-halt-tiny-1k", "tiny-1k", "halt", at(270), "demo: operator halt", {}, False, "demo"),
+        ControlEvent("demo-resume-tiny-1k", "tiny-1k", "resume", at(330), "demo: resumed", {}, False, "demo"),
+    ]

@@ -33,11 +33,14 @@ class WatchdogConfig:
     runaway_executions: int = 200  # per account per day
     pending_recommendation_s: float = 600.0
     stages: tuple[str, ...] = AGENT_GROUPS
+    # market-hours rules judge the wall clock; a replay on bar time (PIPELINE_CLOCK=bar) says
+    # nothing about today's market, so they are off there
+    market_rules: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> WatchdogConfig:
-        every = getattr(settings, "watchdog_every_s", None)
-        return cls(**({"every_s": every} if every else {}), **overrides)
+        conf: dict[str, Any] = {"market_rules": getattr(settings, "pipeline_clock", "wall") != "bar"}
+        return cls(**{**conf, **overrides})
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def evaluate(facts: Facts, config: WatchdogConfig, previous_dlq: dict[str, int])
         if g is not None and g.lag > config.lag_limit:
             out.append(Condition("consumer_lag", stage, "warning", f"stage {stage}: lag {g.lag} records",
                                  {"lag": str(g.lag), "limit": str(config.lag_limit)}, config.lag_for_s))
-    if r.market_open:
+    if r.market_open and config.market_rules:
         stale = [s for s in r.symbols if s.age_s is None or s.age_s > config.bar_stale_s]
         if r.symbols and len(stale) == len(r.symbols):
             out.append(Condition("bars_stopped", "market.bars.1m", "critical",

@@ -92,7 +92,7 @@ class BrokerLink:
             from connectors.alpaca_broker import BrokerSession  # alpaca-py: only where a client is made
 
             pair.session = BrokerSession(pair.credentials, trading_url=pair.url, data_url=self.data_url,
-                                         timeout_s=self.timeout_s)
+                                         timeout_s=self.timeout_s, label=pair.label)
         return pair.session
 
     async def snapshot(self, trigger: str, pairs: Sequence[KeyPair] | None = None) -> int:

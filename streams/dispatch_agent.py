@@ -45,6 +45,7 @@ from streams.broker_link import BrokerLink, KeyPair, key_pairs
 from trading.accounts import AccountDesk, accounts_from_settings
 from trading.broker import decided_at
 from trading.execution import client_order_id
+from trading.options import parse_occ
 from trading.reconcile import equity_point, rebuild_view
 from trading.calendar import SessionCalendar, TradingCalendar
 from trading.clock import MINUTE, Clock, WallClock
@@ -428,15 +429,17 @@ class DispatchHandler:
         orders = self.orders_for(desk.name)
         if orders is None:
             raise RuntimeError(f"{desk.name}: alpaca-paper account without a broker client")
-        protect = self._protection(desk, execution)
+        protect = await self._protection(desk, execution)
         try:
             outcome = await asyncio.to_thread(orders.submit, execution, **protect)
+        except ValueError as exc:  # refused before anything was sent (e.g. a bracket on an option)
+            outcome = OrderOutcome(FAILED, reason=f"not sent: {exc}")
         except Exception:  # noqa: BLE001 - whatever went wrong, the POST may have happened
             log.exception("dispatch[%s]: submitting %s failed", desk.name, execution.client_order_id)
             outcome = OrderOutcome(SUBMITTED)  # unknown: the reconcile pass finds out
         return await self._resolve(desk, execution, outcome)
 
-    def _protection(self, desk: AccountDesk, execution: Execution) -> dict[str, float]:
+    async def _protection(self, desk: AccountDesk, execution: Execution) -> dict[str, float]:
         """Bracket legs of an entry (protective_orders: bracket), so a stop exists at Alpaca while
         this stage is down; before the desk's own exit of such a position, its legs are cancelled."""
         if desk.config.protective_orders != "bracket":
@@ -444,8 +447,10 @@ class DispatchHandler:
         if execution.intent == "exit":
             pos = desk.state.book.get(execution.symbol)
             if pos is not None:
-                self.link.cancel_legs(desk.name, client_order_id(desk.name, pos.entry_id))
+                await asyncio.to_thread(self.link.cancel_legs, desk.name, client_order_id(desk.name, pos.entry_id))
             return {}
+        if execution.intent != "entry" or parse_occ(execution.symbol) is not None:
+            return {}  # Alpaca takes no bracket on an option
         if execution.intent != "entry" or not execution.price:
             return {}
         rules = desk.config.exits

@@ -30,7 +30,8 @@ from trading.signals import recommendation_id
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
-PAPER = AccountConfig(name="paper", mode="alpaca-paper", min_confidence=0.5)
+# order idempotency under faults, on the local book (broker truth has its own tests)
+PAPER = AccountConfig(name="paper", mode="alpaca-paper", min_confidence=0.5, broker_truth=False)
 
 RUNNER = """
 import json, logging, signal, sys, threading
@@ -154,6 +155,7 @@ def test_a_burst_of_500_signals_respects_the_submit_rate_gate(
                       max_trades_per_day=1_000, max_open_positions=1_000, max_notional_account=1e9,
                       max_submits=10, submit_window_s=60.0)
     recs = [rec(f"S{i:03d}") for i in range(500)]
+    fake.assets.update(r.symbol for r in recs)  # tradable at the (strict) fake
     for r in recs:
         produce.send(SIGNALS, r)
     produce.flush()

@@ -51,7 +51,11 @@ def test_submit_then_the_same_order_again_is_one_order(fake: FakeAlpacaTrading) 
     e = order_exec()
     first = o.submit(e)
     assert first.status == "SUBMITTED" and first.broker_order_id is not None
-    time.sleep(0.3)  # the fake fills it
+    stored = fake.by_client_id[e.client_order_id or ""]
+    deadline = time.monotonic() + 10
+    while stored.status != "filled":  # the fake fills it shortly after answering
+        assert time.monotonic() < deadline, stored.data
+        time.sleep(0.02)
     again = o.submit(e)  # a redelivery: 422 duplicate -> lookup
     assert again.status == "FILLED" and again.broker_order_id == first.broker_order_id
     assert again.qty == 3.0 and again.price == 101.5
