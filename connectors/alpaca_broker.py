@@ -276,9 +276,10 @@ class BrokerSession:
     # -- snapshots ----------------------------------------------------------------------------
 
     def snapshot(self, account: str, *, pipeline_symbols: Collection[str], trigger: str,
-                 now: datetime) -> tuple[BrokerAccount, list[BrokerPosition]]:
+                 now: datetime, expect_held: Collection[str] = ()) -> tuple[BrokerAccount, list[BrokerPosition]]:
         """The account with its open orders, and every position; a position published last time
-        and gone now comes once more with qty 0 and its last fill price. Raises ConnectorError
+        and gone now comes once more with qty 0 and its last fill price, and so does a symbol of
+        `expect_held` (the desk's open positions) that Alpaca does not hold. Raises ConnectorError
         when Alpaca cannot be read (nothing is remembered then)."""
         trading = _alpaca().trading
         open_orders = trading.requests.GetOrdersRequest(status=trading.enums.QueryOrderStatus.OPEN,
@@ -297,12 +298,15 @@ class BrokerSession:
                                     origin="pipeline" if _getter(p)("symbol") in ours else "external")
                      for p in raw_positions or ()]
         held = {p.symbol for p in positions}
-        closed = [self._closed(p, now) for s, p in sorted(self._published.get(account, {}).items())
-                  if s not in held]
+        published = self._published.get(account, {})
+        closed = [self._closed(p, now) for s, p in sorted(published.items()) if s not in held]
+        closed += [self._closed(_flat(account, s, now), now) for s in sorted(set(expect_held))
+                   if s not in held and s not in published]
         self._published[account] = {p.symbol: p for p in positions if p.qty != 0}
         return record, positions + closed
 
     def _closed(self, last: BrokerPosition, now: datetime) -> BrokerPosition:
+        """`last` as a closed position: qty 0 at its last fill price."""
         return replace(last, as_of=now, qty=0.0, market_value=0.0, cost_basis=0.0, unrealized_pl=0.0,
                        unrealized_plpc=None, current_price=self._last_fill_price(last.symbol))
 
@@ -432,3 +436,10 @@ def sessions_for(accounts: Iterable[Any], settings: Settings, *,
         session.credentials.label = ",".join(session.accounts)
         out[account.name] = session
     return out
+
+
+def _flat(account: str, symbol: str, now: datetime) -> BrokerPosition:
+    """A position of the desk's that Alpaca never reported (it closed between two snapshots)."""
+    occ = parse_occ(symbol)
+    return BrokerPosition(account, symbol, now, "us_option" if occ else "us_equity", 0.0, 0.0, 0.0, 0.0, 0.0,
+                          None, None, "pipeline", multiplier=100.0 if occ else 1.0)

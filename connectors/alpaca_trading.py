@@ -328,11 +328,14 @@ class TradeUpdates:
     updates are handed to `sink` on the caller's loop."""
 
     def __init__(self, credentials: CredentialSource, *, url: str | None,
-                 loop: asyncio.AbstractEventLoop, sink: Callable[[Any], None]) -> None:
+                 loop: asyncio.AbstractEventLoop, sink: Callable[[Any], None],
+                 on_connect: Callable[[], None] | None = None) -> None:
         self.credentials = credentials
         self.url = url
         self.loop = loop
         self.sink = sink
+        self.on_connect = on_connect  # after every (re)connect, on the caller's loop
+        self.connects = 0
         self._stream: Any = None
         self._thread: threading.Thread | None = None
 
@@ -347,6 +350,17 @@ class TradeUpdates:
             self.loop.call_soon_threadsafe(self.sink, update)
 
         stream.subscribe_trade_updates(handler)
+        # alpaca-py reconnects on its own and says nothing; wrapping its connect is how we learn of
+        # a reconnect (the broker's state is read again after one: fills may have been missed)
+        start_ws = stream._start_ws
+
+        async def start_and_tell() -> None:
+            await start_ws()
+            self.connects += 1
+            if self.on_connect is not None:
+                self.loop.call_soon_threadsafe(self.on_connect)
+
+        stream._start_ws = start_and_tell
         self._stream = stream
         self._thread = threading.Thread(target=stream.run, name="alpaca-trade-updates", daemon=True)
         self._thread.start()

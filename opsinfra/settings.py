@@ -108,6 +108,21 @@ class Settings(BaseSettings):
     classifier_batch_size: int = Field(default=16, gt=0)
     torch_num_threads: int | None = Field(default=1, ge=0)  # 0 = torch's default
 
+    # Notifications of alerts (connectors/notify.py): each receiver optional; URLs holding tokens
+    # are secrets too
+    alert_webhook_url: SecretStr | None = None  # generic JSON webhook (Alertmanager's payload shape)
+    slack_webhook_url: SecretStr | None = None  # Slack incoming webhook
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"  # override for tests and proxies
+    discord_webhook_url: SecretStr | None = None
+    smtp_url: SecretStr | None = None  # smtp://user:pass@host:port (STARTTLS) or smtps://
+    alert_email_to: str | None = None  # comma-separated addresses
+    alert_email_from: str | None = None
+    alert_repeat_interval_s: float = Field(default=3600.0, gt=0)  # a firing alert is not repeated sooner
+    alert_group_wait_s: float = Field(default=10.0, ge=0)  # alerts this close together: one message
+    notify_trades: bool = False  # entries, fills, exits and the daily summary too
+
     metrics_port: int | None = None  # /metrics and /healthz; `run` with several stages uses port+i
     metrics_host: str = "127.0.0.1"
 

@@ -249,4 +249,8 @@ def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
                        publish=publish,
                        notify=None if notifier is None else notifier.notify)
         log.info("watchdog: every %.0fs over %s", dog.config.every_s, ", ".join(dog.config.stages))
-        dog.run(stop)
+        try:
+            dog.run(stop)
+        finally:
+            if notifier is not None:
+                notifier.close()  # what is still queued goes out before the process ends

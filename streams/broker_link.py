@@ -40,6 +40,7 @@ class KeyPair:
     session: Any = None  # connectors.alpaca_broker.BrokerSession
     updates: TradeUpdates | None = None
     snapshot_due: float = 0.0  # monotonic time of a snapshot asked for by a trade update
+    due_trigger: str = "trade_update"
 
 
 def key_pairs(accounts: Sequence[AccountConfig], settings: Settings, *, default_url: str | None,
@@ -70,12 +71,16 @@ class BrokerLink:
     timer, after trade updates, and option quotes of held contracts once a minute."""
 
     def __init__(self, pairs: dict[str, KeyPair], send: Send, *, data_url: str | None,
-                 timeout_s: float, pipeline_symbols: Callable[[str], set[str]]) -> None:
+                 timeout_s: float, pipeline_symbols: Callable[[str], set[str]],
+                 open_symbols: Callable[[str], set[str]] = lambda _name: set(),
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.pairs = pairs
+        self.now = now  # the dispatch stage's clock: a snapshot is stamped on the desks' time
         self.send = send
         self.data_url = data_url
         self.timeout_s = timeout_s
-        self.pipeline_symbols = pipeline_symbols
+        self.pipeline_symbols = pipeline_symbols  # the desk's positions, pending ones included
+        self.open_symbols = open_symbols  # the desk's filled, open positions
         self.snapshots = 0
         self.failures = 0
         self._held_options: dict[str, set[str]] = {}  # account -> option contracts held
@@ -104,11 +109,12 @@ class BrokerLink:
         for pair in pairs if pairs is not None else list(self.pairs.values()):
             session = self._session(pair)
             for name in pair.accounts:
-                now = datetime.now(UTC)
+                now = self.now()
                 try:
+                    ours = self.pipeline_symbols(name)
                     account, positions = await asyncio.to_thread(
-                        session.snapshot, name, pipeline_symbols=self.pipeline_symbols(name),
-                        trigger=trigger, now=now)
+                        session.snapshot, name, pipeline_symbols=ours, trigger=trigger, now=now,
+                        expect_held=self.open_symbols(name))
                 except Exception as exc:  # noqa: BLE001 - Alpaca unreachable: try again next time
                     self.failures += 1
                     log.warning("broker[%s]: snapshot (%s) failed: %s", name, trigger, exc)
@@ -132,7 +138,7 @@ class BrokerLink:
             return 0
         session = self._session(next(iter(self.pairs.values())))
         try:
-            quotes = await asyncio.to_thread(session.option_quotes, contracts, now=datetime.now(UTC))
+            quotes = await asyncio.to_thread(session.option_quotes, contracts, now=self.now())
         except Exception as exc:  # noqa: BLE001 - no marks this minute: the snapshot's marks stand
             log.warning("broker: option quotes failed: %s", exc)
             return 0
@@ -141,11 +147,20 @@ class BrokerLink:
             await asyncio.gather(*futures)
         return len(futures)
 
+    def remember(self, account: str, positions: Any) -> None:
+        """What the topic says was last published (a restart), so a position closed while this
+        stage was down still gets its qty 0 record, with its last fill price."""
+        pair = self.for_account(account)
+        if pair is not None:
+            self._session(pair).remember(account, list(positions))
+
     @staticmethod
-    def after_update(pair: KeyPair, delay_s: float = 1.0) -> None:
-        """A trade update arrived on `pair`: snapshot its accounts soon (debounced)."""
+    def after_update(pair: KeyPair, delay_s: float = 1.0, trigger: str = "trade_update") -> None:
+        """A trade update arrived on `pair`, or its stream (re)connected: snapshot its accounts soon
+        (debounced)."""
         if pair.snapshot_due == 0.0:
             pair.snapshot_due = time.monotonic() + delay_s
+            pair.due_trigger = trigger
 
     async def due(self) -> int:
         """Snapshots asked for by trade updates whose delay has passed."""
@@ -153,7 +168,10 @@ class BrokerLink:
         pairs = [p for p in self.pairs.values() if p.snapshot_due and p.snapshot_due <= now]
         for p in pairs:
             p.snapshot_due = 0.0
-        return await self.snapshot("trade_update", pairs) if pairs else 0
+        published = 0
+        for trigger in sorted({p.due_trigger for p in pairs}):
+            published += await self.snapshot(trigger, [p for p in pairs if p.due_trigger == trigger])
+        return published
 
     def cancel_legs(self, account: str, parent_client_order_id: str) -> int:
         """Cancels the open legs of a bracket entry before the desk's own exit (blocking)."""

@@ -153,7 +153,9 @@ class DispatchHandler:
             self.pairs = key_pairs(config.accounts, papp.settings, default_url=config.alpaca_url,
                                    timeout_s=config.order_timeout_s)
         self.link = BrokerLink(self.pairs, self.io.send, data_url=config.alpaca_data_url,
-                               timeout_s=config.order_timeout_s, pipeline_symbols=self._pipeline_symbols)
+                               timeout_s=config.order_timeout_s, pipeline_symbols=self._pipeline_symbols,
+                               open_symbols=self._open_symbols,
+                               now=self.clock.now)
         self._equity_minute: dict[str, datetime] = {}
         self.stale = True
         self._lock: asyncio.Lock | None = None
@@ -171,6 +173,10 @@ class DispatchHandler:
     def _pipeline_symbols(self, account: str) -> set[str]:
         desk = self.desks.get(account)
         return set() if desk is None else {p.symbol for p in desk.state.book}
+
+    def _open_symbols(self, account: str) -> set[str]:
+        desk = self.desks.get(account)
+        return set() if desk is None else {p.symbol for p in desk.state.book if p.status == "OPEN"}
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -197,6 +203,7 @@ class DispatchHandler:
                     upto = desk.last_decided()
                     mine = [] if upto is None else [r for r in mine if decided_at(r) <= upto]
                 rebuild_view(desk.broker, mine)
+                self.link.remember(desk.name, desk.broker.positions.values())
             st = desk.state
             log.info("dispatch[%s]: rebuilt from %d executions: %d decided, %d open, %d trades today, "
                      "realized today %.2f%s", desk.name, n, desk.decided_count(), st.book.count(),
@@ -253,7 +260,7 @@ class DispatchHandler:
                     buffer.add(record, (record, event), clock_partition=event.message.partition,
                                offset=event.message.offset)
                 else:
-                    buffer.add(record, (record, event))
+                    buffer.add(record, (record, event), quiet=not isinstance(record, Recommendation))
             if futures:
                 await asyncio.gather(*futures)
             done += await self._release(name)
@@ -554,7 +561,8 @@ class DispatchHandler:
             self.trade_updates.start()
         for pair in self.pairs.values():
             pair.updates = TradeUpdates(pair.credentials, url=self.config.alpaca_stream_url, loop=loop,
-                                        sink=functools.partial(self._on_update, pair=pair))
+                                        sink=functools.partial(self._on_update, pair=pair),
+                                        on_connect=functools.partial(self.link.after_update, pair, 0.0, "reconnect"))
             try:
                 pair.updates.start()
             except Exception as exc:  # noqa: BLE001 - bad keys: the snapshots' age says so; retried by restart

@@ -33,13 +33,13 @@ BROKER_KIND = -1  # broker records sort before the bars (0) and signals (1) of t
 
 def broker_key(record: Any) -> tuple[datetime, int, str, int, str]:
     """The canonical decision order of a broker record or option quote: before the bars of its
-    event minute; among themselves by time, then account records, positions, quotes, then key."""
-    if isinstance(record, BrokerAccount):
-        name = f"0|{record.account}"
+    event minute; among themselves by time, then positions, account records, quotes, then key."""
+    if isinstance(record, BrokerPosition):
+        name = f"0|{record.account}|{record.symbol}"
+    elif isinstance(record, BrokerAccount):  # after its snapshot's positions: it closes the snapshot
+        name = f"1|{record.account}"
     elif isinstance(record, OptionQuote):
         name = f"2|{record.contract}"
-    elif isinstance(record, BrokerPosition):
-        name = f"1|{record.account}|{record.symbol}"
     else:  # an operator's control event
         name = f"3|{record.account}|{record.id}"
     at = event_time(record)
@@ -119,6 +119,10 @@ class BrokerView:
         return True
 
     # -- what the gates read --------------------------------------------------------------------
+
+    def seen_at(self, symbol: str) -> datetime | None:
+        """as_of of the latest record of `symbol` applied (None: never reported)."""
+        return self._as_of.get(symbol)
 
     def age_s(self, now: datetime) -> float | None:
         return None if self.account is None else (now - self.account.as_of).total_seconds()

@@ -112,8 +112,12 @@ class EventTimeBuffer:
         return self._known_end.get(p, 0) > self._next.get(p, 0)
 
     def add(
-        self, record: Any, item: Any, *, clock_partition: int | None = None, offset: int | None = None
+        self, record: Any, item: Any, *, clock_partition: int | None = None, offset: int | None = None,
+        quiet: bool = False,
     ) -> None:
+        """Holds `item` (of `record`'s canonical key). A `quiet` item (broker snapshots, read every
+        30 s whatever the market does) does not count as activity: it neither delays the release
+        of a quiet stream nor holds one up."""
         now = self._clock()
         key = canonical_key(record)
         if clock_partition is not None:
@@ -127,6 +131,8 @@ class EventTimeBuffer:
                 self._pending.setdefault(clock_partition, deque()).append((offset, key[0]))
         self._items.append((key, self._seq, item))
         self._seq += 1
+        if quiet:
+            return
         self._last_add = now
         mark = self._watermark(now)
         if mark is not None and (not self._marks or mark > self._marks[-1][1]):

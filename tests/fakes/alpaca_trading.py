@@ -181,7 +181,8 @@ class FakeAlpacaTrading:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
+        """Stops the server (Alpaca unreachable from then on); a second call does nothing."""
+        if self._loop is not None and self._thread is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 

@@ -210,3 +210,56 @@ def test_dockerfile_copies_every_package() -> None:
     assert set(packages) <= copied, set(packages) - copied
     for package in packages:
         assert (ROOT / package).is_dir(), package
+
+
+# -- Prometheus and Alertmanager (deploy/prometheus) -----------------------------------------------
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """container path -> host path of a service's bind mounts (host paths may be ${VAR:-default})."""
+    out = {}
+    for volume in service.get("volumes", []):
+        text = str(volume)
+        if text.startswith("${"):
+            end = text.index("}") + 1
+            host, rest = text[:end], text[end + 1:]
+        else:
+            host, _, rest = text.partition(":")
+        out[rest.split(":")[0]] = host
+    return out
+
+
+def _flag(service: dict, name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in service["command"] if a.startswith(f"--{name}=")]
+    return value
+
+
+def test_prometheus_and_alertmanager_mount_the_deploy_files() -> None:
+    services = _compose()["services"]
+    prom, am = services["prometheus"], services["alertmanager"]
+    for svc in (prom, am):
+        assert "pipeline" in svc["profiles"], "they come up with the stages"
+    config = _flag(prom, "config.file")
+    mounts = _mounts(prom)
+    assert (ROOT / mounts[config]).resolve() == ROOT / "deploy/prometheus/prometheus.yml"
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["rule_files"]
+    for rule_file in rules:  # relative to the config file, in the container too
+        container = str(Path(config).parent / rule_file)
+        assert (ROOT / mounts[container]).resolve() == ROOT / "deploy/prometheus" / rule_file
+    am_mounts = _mounts(am)
+    am_config = _flag(am, "config.file")
+    assert (ROOT / am_mounts[am_config]).resolve() == ROOT / "deploy/prometheus/alertmanager.yml"
+    assert "/etc/alertmanager/secrets" in am_mounts  # where alertmanager.yml's *_file secrets live
+
+
+def test_prometheus_scrapes_every_stage_service_and_alerts_the_alertmanager_service() -> None:
+    services = _compose()["services"]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "ops-pipeline"]
+    targets = {t: c["labels"]["stage"] for c in job["static_configs"] for t in c["targets"]}
+    expected = {f"{name}:{svc['environment']['METRICS_PORT']}": _stage_of(svc)
+                for name, svc in _stage_services().items()}
+    assert targets == expected
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    am_port = next(iter(_host_ports(services["alertmanager"]).values()))
+    assert alertmanagers["static_configs"][0]["targets"] == [f"alertmanager:{am_port}"]
