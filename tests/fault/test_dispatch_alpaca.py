@@ -47,7 +47,8 @@ settings = Settings(_env_file=None, kafka_bootstrap_servers=args["bootstrap"],
                     apca_api_secret_key="secret", schema_registry_url=None)
 config = dispatch_agent.DispatchConfig(
     accounts=parse_accounts(args["accounts"]), clock="bar", alpaca_url=args["url"],
-    alpaca_stream_url=args["stream_url"], reconcile_every_s=1.0)
+    alpaca_stream_url=args["stream_url"], alpaca_data_url=args["url"], reconcile_every_s=1.0,
+    snapshot_every_s=1.0)
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 dispatch_agent.run(settings, Endpoints(args["bootstrap"], "", None, False), stop, config=config)
@@ -200,3 +201,57 @@ def test_kill_switch_holds_across_a_restart_in_alpaca_mode(
     assert blocked.status == "SKIPPED"
     assert blocked.failure_reason == "daily_loss: kill switch on: daily loss limit hit"
     assert len(fake.orders) == 2  # the entry and the exit, nothing for MSFT
+
+
+def test_kill_9_mid_external_exit_then_restart_gives_exactly_one_order(
+    provisioned: Settings, kafka_bootstrap: str, fake: FakeAlpacaTrading, tmp_path: Path
+) -> None:
+    """Broker truth: the desk decides to exit an external QCOM call at its stop, the order reaches
+    Alpaca, the stage is killed before it hears back; after the restart the written-ahead exit is
+    resolved by client_order_id (never POSTed again) and the next snapshot shows the call closed."""
+    from schemas.records import BrokerPosition
+    from schemas.topics import BROKER_POSITIONS
+
+    contract = "QCOM270115C00150000"
+    fake.set_position(contract, 2, 3.0, current_price=1.2)  # -60 %: past the -50 % stop
+    account = AccountConfig(name="paper-ext", mode="alpaca-paper", manage_external="exit")
+    log = tmp_path / "dispatch.log"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill_before_answering(order: FakeOrder) -> None:
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    fake.on_order = kill_before_answering
+    proc = spawn(provisioned, kafka_bootstrap, fake, account, log)
+    try:
+        assert proc.wait(120) == -signal.SIGKILL, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    fake.on_order = None
+    (written,) = [e for e in executions(provisioned, kafka_bootstrap) if e.intent == "external_exit"]
+    assert written.status == "SUBMITTED" and written.symbol == contract and written.broker_order_id is None
+    coid = written.client_order_id or ""
+    assert len(fake.orders_for(coid)) == 1
+
+    proc = spawn(provisioned, kafka_bootstrap, fake, account, log)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in read(provisioned, kafka_bootstrap, BROKER_POSITIONS)
+                   if isinstance(p, BrokerPosition) and p.symbol == contract and p.qty == 0]:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2.0)  # a few more snapshots: nothing may be ordered again
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert fake.post_attempts == [coid]  # one POST: the restart looked it up
+    exits = [e for e in executions(provisioned, kafka_bootstrap) if e.intent == "external_exit"]
+    assert {e.recommendation_id for e in exits} == {written.recommendation_id}
+    assert [e.status for e in exits if e.status != "SUBMITTED"] == ["FILLED"]
