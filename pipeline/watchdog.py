@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from opsinfra.endpoints import Endpoints
@@ -66,6 +66,8 @@ class Facts:
     classifier_model: str | None = None  # the model named by the latest scored item
     executions_today: dict[str, int] = field(default_factory=dict)
     pending_recommendations: int = 0  # signals with no decision of some account after the limit
+    reconcile_repeats: dict[tuple[str, str, str], int] = field(default_factory=dict)  # in the last 30 min
+    stalled: str | None = None  # "N signals passed the confidence gate, no execution all session"
 
 
 def evaluate(facts: Facts, config: WatchdogConfig, previous_dlq: dict[str, int]) -> list[Condition]:
@@ -121,6 +123,13 @@ def evaluate(facts: Facts, config: WatchdogConfig, previous_dlq: dict[str, int])
             out.append(Condition("runaway", acct.account, "critical",
                                  f"account {acct.account}: {n} executions today (more than "
                                  f"{config.runaway_executions})", {"executions": str(n)}))
+    for (account, kind, symbol), n in sorted(facts.reconcile_repeats.items()):
+        if n >= 2:
+            out.append(Condition("reconcile_persists", f"{account}:{kind}:{symbol}", "warning",
+                                 f"account {account}: {kind} {symbol} reconciled {n} times in 30 min: the "
+                                 "desk and the broker keep disagreeing", {"count": str(n)}))
+    if facts.stalled:
+        out.append(Condition("stall", "dispatch", "critical", facts.stalled))
     if facts.pending_recommendations:
         out.append(Condition("recommendation_pending", "dispatch", "warning",
                              f"{facts.pending_recommendations} recommendation(s) without a decision for over "
@@ -200,8 +209,65 @@ class Watchdog:
         for (topic, _p), end in true_end_offsets(self.settings, self.endpoints.kafka_bootstrap_servers,
                                                  dlq_names).items():
             ends[topic] = ends.get(topic, 0) + end
-        return Facts(report, self.settings.pipeline_topic_prefix, bool(self.settings.rss_feeds), ends,
-                     executions_today={a.account: a.trades_today for a in report.accounts})
+        facts = Facts(report, self.settings.pipeline_topic_prefix, bool(self.settings.rss_feeds), ends,
+                      executions_today={a.account: a.trades_today for a in report.accounts})
+        facts.reconcile_repeats = self._reconcile_repeats(now)
+        if self.endpoints.database_url:
+            try:
+                self._from_tables(facts, now)
+            except Exception as exc:  # noqa: BLE001 - the database is down: the other rules still run
+                log.warning("watchdog: tables unreadable (%s); table rules skipped this round", exc)
+        return facts
+
+    def _reconcile_repeats(self, now: datetime) -> dict[tuple[str, str, str], int]:
+        from opsinfra.kafka_io import read_tail
+        from schemas.codec import decode, make_codec
+        from schemas.records import ReconcileEvent
+        from schemas.topics import RECONCILE
+
+        topic = self.settings.topic(RECONCILE.name)
+        codec = make_codec(self.settings.schema_registry_url)
+        out: dict[tuple[str, str, str], int] = {}
+        for m in read_tail(self.settings, self.endpoints.kafka_bootstrap_servers, topic, per_partition=200):
+            try:
+                ev = decode(codec, ReconcileEvent, m.value, m.headers, topic=topic)
+            except Exception:  # noqa: BLE001 - a bad record is the sink's to dead-letter
+                continue
+            if isinstance(ev, ReconcileEvent) and ev.kind in ("quantity", "closed_at_broker", "missed_fill") \
+                    and (now - ev.decided_at).total_seconds() <= 1800:
+                key = (ev.account, ev.kind, ev.symbol or "")
+                out[key] = out.get(key, 0) + 1
+        return out
+
+    def _from_tables(self, facts: Facts, now: datetime) -> None:
+        """The old runbook's ranges: recommendations left undecided, and a session without a trade
+        while signals passed the confidence gate (judged once the session closed)."""
+        import psycopg
+
+        from trading.accounts import accounts_from_settings
+        from trading.calendar import TradingCalendar
+
+        accounts = accounts_from_settings(self.settings)
+        limit = self.config.pending_recommendation_s
+        with psycopg.connect(str(self.endpoints.database_url), connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM dispatch_recommendations r WHERE r.ts > %s AND r.ts < %s AND "
+                "(SELECT count(*) FROM dispatch_executions e WHERE e.recommendation_id = r.recommendation_id)"
+                " < %s", (now - timedelta(days=1), now - timedelta(seconds=limit), len(accounts))).fetchone()
+            facts.pending_recommendations = int(row[0]) if row else 0
+            cal = self.calendar or TradingCalendar.xnys()
+            session = cal.session(now.date())
+            if session is None or now < session.close:
+                return
+            floor = min(a.min_confidence for a in accounts)
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM dispatch_recommendations WHERE ts >= %s AND ts < %s "
+                "AND confidence >= %s), (SELECT count(*) FROM dispatch_executions WHERE simulated_ts >= %s "
+                "AND status IN ('SIMULATED', 'SUBMITTED', 'FILLED'))",
+                (session.open, session.close, floor, session.open)).fetchone()
+            if row and row[0] > 0 and row[1] == 0:
+                facts.stalled = (f"{row[0]} signal(s) passed the confidence gate today and no account "
+                                 "executed any: stalled")
 
     def round(self) -> list[Alert]:
         now = self.clock()
