@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
@@ -29,6 +29,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if registry is None:  # process_start_time_seconds: what the "stage restarting" rule watches
+            ProcessCollector(registry=r)
         self.records = Counter("ops_records_processed", "Records processed", ["stage", "topic"], registry=r)
         self.errors = Counter("ops_errors", "Errors absorbed by a stage", ["stage", "kind"], registry=r)
         self.dlq = Counter(
