@@ -369,6 +369,14 @@ def _print_status(report: Any) -> None:
 
     for table in account_tables(report):
         console.print(table)
+    if report.control:
+        ct = Table(title="operator control (halts in force, then the latest changes)")
+        for col in ("account", "when (UTC)", "what", "reason"):
+            ct.add_column(col)
+        for c in report.control:
+            what = "[red]HALTED[/red]" if c["halted"] else f"{c['action']} {c.get('change', '')}".strip()
+            ct.add_row(c["account"], c["at"][:19], what, c["reason"])
+        console.print(ct)
     tb = Table(title="sink tables")
     tb.add_column("table")
     tb.add_column("rows")

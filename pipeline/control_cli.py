@@ -50,11 +50,26 @@ def publish(settings: Settings, event: ControlEvent) -> ControlEvent:
     return event
 
 
-def history(settings: Settings) -> list[ControlEvent]:
-    endpoints = resolve(settings)
+def history(settings: Settings, bootstrap: str | None = None) -> list[ControlEvent]:
+    """Every control record on the topic, oldest first."""
+    bootstrap = bootstrap or resolve(settings).kafka_bootstrap_servers
     codec = make_codec(settings.schema_registry_url)
-    got = [r for _m, r in read_records(settings, endpoints.kafka_bootstrap_servers, codec, CONTROL, quiet_s=0.3)]
+    got = [r for _m, r in read_records(settings, bootstrap, codec, CONTROL, quiet_s=0.3)]
     return sorted((r for r in got if isinstance(r, ControlEvent)), key=lambda r: r.at)
+
+
+def halts(events: list[ControlEvent], accounts: list[str]) -> dict[str, ControlEvent]:
+    """The halt in force per account (a `*` halt counts for each), after every resume."""
+    out: dict[str, ControlEvent] = {}
+    for e in events:
+        for name in accounts:
+            if not applies_to(e, name):
+                continue
+            if e.action == "halt":
+                out[name] = e
+            elif e.action == "resume":
+                out.pop(name, None)
+    return out
 
 
 def _event(action: str, account: str | None, reason: str, **kw: Any) -> ControlEvent:

@@ -160,6 +160,7 @@ class Report:
     tables: dict[str, int | None]
     problems: list[str]
     accounts: list[AccountStatus] = field(default_factory=list)
+    control: list[dict[str, Any]] = field(default_factory=list)  # halts in force, then recent changes
     # how missing_confirmed was found: "rest", "nothing missing", or "candidates (why REST was not
     # asked or did not answer)"
     missing_check: str = "candidates"
@@ -360,7 +361,25 @@ def collect(
     report.accounts = _accounts(settings, bootstrap, codec, now, closes) if ends else []
     report.problems += _broker_problems(report.accounts, accounts_from_settings(settings), market_open)
     report.missing_check = missing_check
+    report.control = _control(settings, bootstrap) if ends else []
+    halted = {c["account"]: c for c in report.control if c.get("halted")}
+    report.problems += [f"account {a}: HALTED by the operator since {c['at']}: {c['reason']}"
+                        for a, c in sorted(halted.items())]
     return report
+
+
+def _control(settings: Settings, bootstrap: str) -> list[dict[str, Any]]:
+    """The operator's changes: the halts in force, then the last changes (newest first)."""
+    from pipeline.control_cli import halts, history
+
+    events = history(settings, bootstrap)
+    names = [a.name for a in accounts_from_settings(settings)]
+    out = [{"account": a, "halted": True, "at": e.at.isoformat(), "reason": e.reason}
+           for a, e in sorted(halts(events, names).items())]
+    out += [{"account": e.account, "halted": False, "at": e.at.isoformat(), "action": e.action,
+             "change": ", ".join(f"{k}={v}" for k, v in e.settings.items()), "reason": e.reason,
+             "operator": e.operator} for e in reversed(events[-10:])]
+    return out
 
 
 _SOURCES = {"broker": "broker snapshot", "equity": "no broker snapshot; desk equity point",

@@ -186,7 +186,8 @@ class Watchdog:
 
     def __init__(self, settings: Settings, endpoints: Endpoints, config: WatchdogConfig, *,
                  publish: Callable[[Alert], None], notify: Callable[[Alert], None] | None = None,
-                 clock: Callable[[], datetime] | None = None, calendar: Any = None) -> None:
+                 clock: Callable[[], datetime] | None = None, calendar: Any = None,
+                 summary: Callable[[str], Any] | None = None) -> None:
         self.settings = settings
         self.endpoints = endpoints
         self.config = config
@@ -197,6 +198,9 @@ class Watchdog:
         self.book = AlertBook()
         self._dlq: dict[str, int] = {}
         self.rounds = 0
+        self.summary = summary  # where the daily summary goes (the notifier, when NOTIFY_TRADES is on)
+        self.today: list[Alert] = []  # the day's alerts, for the summary
+        self._summarised: Any = None  # the session day last summarised
 
     def facts(self, now: datetime) -> Facts:
         from opsinfra.kafka_io import true_end_offsets
@@ -274,6 +278,8 @@ class Watchdog:
         facts = self.facts(now)
         alerts = self.book.update(evaluate(facts, self.config, self._dlq), now)
         self._dlq = facts.dlq_ends
+        self.today = [a for a in self.today if a.at.date() == now.date()] + alerts
+        self._daily_summary(facts, now)
         for alert in alerts:
             self.publish(alert)
             log.warning("alert %s %s[%s]: %s", alert.state.upper(), alert.rule, alert.subject, alert.summary)
@@ -281,6 +287,36 @@ class Watchdog:
                 self.notify(alert)
         self.rounds += 1
         return alerts
+
+    def _daily_summary(self, facts: Facts, now: datetime) -> None:
+        """Once per session, after the close: per account trades, P&L, equity, skips by reason,
+        and the day's alerts."""
+        from connectors.notify import AccountDay, daily_summary
+        from trading.calendar import TradingCalendar
+
+        if self.summary is None:
+            return
+        cal = self.calendar or TradingCalendar.xnys()
+        session = cal.session(now.date())
+        if session is None or now < session.close or self._summarised == now.date():
+            return
+        self._summarised = now.date()
+        skips: dict[str, dict[str, int]] = {}
+        if self.endpoints.database_url:
+            try:
+                import psycopg
+
+                with psycopg.connect(str(self.endpoints.database_url), connect_timeout=5) as conn:
+                    for account, reason, n in conn.execute(
+                            "SELECT account_name, split_part(failure_reason, ':', 1), count(*) FROM "
+                            "dispatch_executions WHERE status = 'SKIPPED' AND simulated_ts >= %s "
+                            "GROUP BY 1, 2", (session.open,)):
+                        skips.setdefault(account, {})[reason] = n
+            except Exception as exc:  # noqa: BLE001 - the summary goes out without the skips
+                log.warning("watchdog: skips of the day unreadable: %s", exc)
+        days = [AccountDay(a.account, a.trades_today, a.realized_today, 0.0, a.equity, skips.get(a.account, {}))
+                for a in facts.report.accounts]
+        self.summary(daily_summary(now.date(), days, self.today))
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -313,7 +349,8 @@ def run(settings: Settings, endpoints: Endpoints, stop: threading.Event, *,
 
         dog = Watchdog(settings, endpoints, config or WatchdogConfig.from_settings(settings),
                        publish=publish,
-                       notify=None if notifier is None else notifier.notify)
+                       notify=None if notifier is None else notifier.notify,
+                       summary=None if notifier is None else (lambda text: notifier.notify_trading("summary", text)))
         log.info("watchdog: every %.0fs over %s", dog.config.every_s, ", ".join(dog.config.stages))
         try:
             dog.run(stop)

@@ -49,7 +49,7 @@ from trading.options import parse_occ
 from trading.reconcile import equity_point, rebuild_view
 from trading.calendar import SessionCalendar, TradingCalendar
 from trading.clock import MINUTE, Clock, WallClock
-from trading.execution import FAILED, SUBMITTED
+from trading.execution import FAILED, FILLED, SKIPPED, SUBMITTED, exit_reason_of
 from trading.gates import DEFAULT_ACCOUNTS, AccountConfig
 from trading.ordering import EventTimeBuffer, SignalProgress
 
@@ -157,6 +157,12 @@ class DispatchHandler:
                                open_symbols=self._open_symbols,
                                now=self.clock.now)
         self._equity_minute: dict[str, datetime] = {}
+        # opt-in messages of entries, fills and exits (NOTIFY_TRADES), live only: a replay is history
+        self.notifier: Any = None
+        if getattr(papp.settings, "notify_trades", False) and config.clock == "wall":
+            from connectors.notify import Notifier
+
+            self.notifier = Notifier.from_settings(papp.settings, stage=STAGE)
         self.stale = True
         self._lock: asyncio.Lock | None = None
         self._unknown: dict[str, _Unknown] = {}
@@ -428,7 +434,18 @@ class DispatchHandler:
             return []
         return [await self.io.send(EQUITY, equity_point(desk, last + MINUTE))]
 
+    def _tell(self, execution: Execution) -> None:
+        if self.notifier is None or execution.status in (SKIPPED, FAILED):
+            return
+        kind = "fill" if execution.status == FILLED else "entry" if execution.intent == "entry" else "exit"
+        price = "" if execution.price is None else f" @ {execution.price:.4f}"
+        why = exit_reason_of(execution)
+        self.notifier.notify_trading(kind, f"{execution.account}: {execution.action} {execution.qty:g} "
+                                           f"{execution.symbol}{price} ({execution.status.lower()}, "
+                                           f"{execution.intent}{', ' + why if why else ''})")
+
     async def _publish(self, desk: AccountDesk, execution: Execution) -> list[Awaitable[Any]]:
+        self._tell(execution)
         fut = await self.io.send(EXECUTIONS, execution)
         if execution.status != SUBMITTED or execution.broker_order_id is not None:
             return [fut]
@@ -478,6 +495,7 @@ class DispatchHandler:
         if update == execution:
             return []
         desk.apply(update)
+        self._tell(update)
         return [await self.io.send(EXECUTIONS, update)]
 
     # -- broker: reconcile and trade updates ----------------------------------------------------

@@ -130,3 +130,44 @@ def test_alerts_reach_the_alerts_table_through_the_sink(
         stop.set()
         worker.join(60)
     assert rows == [("stage_missing", "dispatch", "firing", "g"), ("stage_missing", "dispatch", "resolved", "g")]
+
+
+def test_operator_commands_publish_check_and_show_control(
+    provisioned: Settings, kafka_bootstrap: str, database_url: str, tmp_path: Any
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from pipeline import status
+    from schemas.records import ControlEvent
+    from schemas.topics import CONTROL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DATABASE_", "PIPELINE_"))}
+    env.update(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, DATABASE_URL=database_url, PYTHONWARNINGS="ignore",
+               PIPELINE_TOPIC_PREFIX=provisioned.pipeline_topic_prefix, COLUMNS="200")
+
+    def ops(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    assert ops("halt", "--account", "tiny-1k", "--reason", "earnings week").returncode == 0
+    assert ops("config", "set", "--account", "large-100k", "min_confidence=0.65").returncode == 0
+    bad = ops("config", "set", "min_confidance=0.5")
+    assert bad.returncode == 2 and "unknown setting 'min_confidance'" in bad.stderr
+    unknown = ops("halt", "--account", "nope", "--reason", "x")
+    assert unknown.returncode == 2 and "unknown account 'nope'" in unknown.stderr
+    events = sorted((e for e in read(provisioned, kafka_bootstrap, CONTROL) if isinstance(e, ControlEvent)),
+                    key=lambda e: e.at)
+    assert [(e.account, e.action) for e in events] == [("tiny-1k", "halt"), ("large-100k", "set")]
+    shown = json.loads(ops("config", "show", "--json").stdout)
+    by_name = {a["account"]: a for a in shown["accounts"]}
+    assert by_name["tiny-1k"]["halted"]["reason"] == "earnings week"
+    assert by_name["large-100k"]["config"]["min_confidence"] == 0.65 and by_name["large-100k"]["halted"] is None
+    report = status.collect(provisioned, Endpoints(kafka_bootstrap, database_url, None, embedded=False))
+    assert [c["account"] for c in report.control if c["halted"]] == ["tiny-1k"]
+    assert any("tiny-1k: HALTED by the operator" in p for p in report.problems)
+    assert ops("resume", "--account", "tiny-1k").returncode == 0
+    shown = json.loads(ops("config", "show", "--json").stdout)
+    assert {a["account"]: a["halted"] for a in shown["accounts"]}["tiny-1k"] is None

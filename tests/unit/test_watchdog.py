@@ -70,3 +70,21 @@ def test_lag_fallback_dead_letters_kill_switch_runaway_and_silent_news() -> None
                         ("classifier_fallback", "classifier"), ("dead_letters", "signals.dlq"),
                         ("news_silent", "news.raw")}
     assert got[("dead_letters", "signals.dlq")] == "signals.dlq: 2 new dead letter(s)"
+
+
+def test_the_daily_summary_goes_out_once_after_the_close() -> None:
+    from opsinfra.endpoints import Endpoints
+    from opsinfra.settings import Settings
+    from pipeline.watchdog import Watchdog
+    from trading.calendar import TradingCalendar
+
+    sent: list[str] = []
+    dog = Watchdog(Settings(_env_file=None), Endpoints("localhost:1", "", None, False), CONFIG,
+                   publish=lambda _a: None, calendar=TradingCalendar(), summary=sent.append)
+    facts = Facts(report(accounts=[AccountStatus("large-100k", False, 4, 125.5, 1, equity=100_125.5)]))
+    dog._daily_summary(facts, T0)  # 10:00 New York: the session is still open
+    assert sent == []
+    after = datetime(2026, 2, 3, 21, 5, tzinfo=UTC)
+    dog._daily_summary(facts, after)
+    dog._daily_summary(facts, after + timedelta(minutes=5))
+    assert len(sent) == 1 and "large-100k" in sent[0] and "125.5" in sent[0]
