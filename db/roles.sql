@@ -35,4 +35,12 @@ GRANT SELECT, INSERT, UPDATE ON
     sink_offsets
 TO ops_pipeline_sink;
 
+-- The old runbook's views (0004_runbook_views.sql): the sink never uses them; SELECT lets whoever
+-- holds this role's credentials run the runbook queries (README, "Runbook") with them.
+GRANT SELECT ON
+    dispatch_recommendations_by_account,
+    dispatch_skip_reasons,
+    dispatcher_runs
+TO ops_pipeline_sink;
+
 -- DATABASE_URL=postgresql://ops_pipeline_sink:change-me@host:5432/db  ops-pipeline run --only sink
