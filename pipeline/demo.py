@@ -307,6 +307,7 @@ def run_demo(settings: Settings, console: Console) -> int:
         parity = _report_and_parity(settings, live, prep.bars, out, console, accounts, broker)
         summary["parity"] = parity
         summary["watchdog"] = _alert_counts(settings, bootstrap, codec, console)
+        summary["broker_and_control"] = _broker_and_control(live.executions, broker)
         (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         ok = parity["identical"] and not any(summary["runbook"].values())
     console.print(
@@ -315,6 +316,34 @@ def run_demo(settings: Settings, console: Console) -> int:
         else f"demo finished in {time.monotonic() - started:.0f}s; stages stopped"
     )
     return 0 if ok else 1
+
+
+def _broker_and_control(executions: list[Execution], records: list[Any]) -> dict[str, Any]:
+    """What the recorded broker stream and the operator's changes did to the live decisions."""
+    halts = {c.account: c.at for c in records if isinstance(c, ControlEvent) and c.action == "halt"}
+    resumes = {c.account: c.at for c in records if isinstance(c, ControlEvent) and c.action == "resume"}
+    finals: dict[tuple[str, str], Execution] = {}
+    for e in executions:
+        finals[(e.recommendation_id, e.account)] = e
+    decided = list(finals.values())
+
+    def during_halt(e: Execution) -> bool:
+        start, end = halts.get(e.account), resumes.get(e.account)
+        return start is not None and end is not None and start <= e.decided_at < end
+
+    first_gates: dict[str, dict[str, int]] = {}
+    for e in decided:
+        if e.status == "SKIPPED" and e.failure_reason:
+            by = first_gates.setdefault(e.account, {})
+            gate = e.failure_reason.split(":", 1)[0]
+            by[gate] = by.get(gate, 0) + 1
+    return {
+        "halted_skips": sum(1 for e in decided if (e.failure_reason or "").startswith("halted:")),
+        "exits_during_halt": sum(1 for e in decided if during_halt(e) and e.intent == "exit"
+                                 and e.status != "SKIPPED"),
+        "external_exits": sum(1 for e in decided if e.intent == "external_exit"),
+        "skips_by_first_gate": first_gates,
+    }
 
 
 def _alert_counts(settings: Settings, bootstrap: str, codec: Any, console: Console) -> dict[str, Any]:

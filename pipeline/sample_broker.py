@@ -63,13 +63,13 @@ def broker_stream(account: str = SHADOW["name"]) -> list[Any]:
 
 def control_stream() -> list[ControlEvent]:
     """The operator's changes during the session: a lower confidence bar for large-100k from
-    midday, and tiny-1k halted for an hour in the afternoon."""
+    midday, and tiny-1k halted for an hour while it holds positions (its exits go on)."""
     def at(minutes: int) -> datetime:
         return OPEN_UTC + timedelta(minutes=minutes, seconds=10)
 
     return [
         ControlEvent("demo-set-large-100k", "large-100k", "set", at(120), "demo: lower the bar at midday",
                      {"min_confidence": "0.6"}, False, "demo"),
-        ControlEvent("demo-halt-tiny-1k", "tiny-1k", "halt", at(270), "demo: operator halt", {}, False, "demo"),
-        ControlEvent("demo-resume-tiny-1k", "tiny-1k", "resume", at(330), "demo: resumed", {}, False, "demo"),
+        ControlEvent("demo-halt-tiny-1k", "tiny-1k", "halt", at(90), "demo: operator halt", {}, False, "demo"),
+        ControlEvent("demo-resume-tiny-1k", "tiny-1k", "resume", at(150), "demo: resumed", {}, False, "demo"),
     ]

@@ -135,7 +135,7 @@ def evaluate(facts: Facts, config: WatchdogConfig, previous_dlq: dict[str, int])
                              f"{facts.pending_recommendations} recommendation(s) without a decision for over "
                              f"{config.pending_recommendation_s / 60:.0f} min",
                              {"count": str(facts.pending_recommendations)}))
-    for problem in r.problems:
+    for problem in r.problems if config.market_rules else ():  # judged in market hours (status)
         if problem.startswith("broker") or "snapshot" in problem or "reconcile" in problem:
             out.append(Condition("broker_state", problem.split(":", 1)[0], "warning", problem))
     return out

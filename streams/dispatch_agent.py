@@ -408,6 +408,9 @@ class DispatchHandler:
                 elif isinstance(record, BrokerAccount | BrokerPosition | OptionQuote | ControlEvent):
                     now = self.clock.now() if self.config.clock == "wall" else decided_at(record)
                     decisions, events = desk.on_broker(record, now)
+                    if isinstance(record, ControlEvent) and record.account in ("*", desk.name):
+                        log.info("dispatch[%s]: control %s %s at %s (%s)", desk.name, record.action,
+                                 record.settings or "", record.at.isoformat(), record.reason)
                     for ev in events:
                         futures.append(await self.io.send(RECONCILE, ev))
                         log.info("dispatch[%s]: reconcile %s %s: %s (%s)", desk.name, ev.kind, ev.symbol or "",

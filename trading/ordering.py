@@ -62,6 +62,8 @@ class EventTimeBuffer:
         "_expected",
         "_next",
         "_known_end",
+        "_quiet_seqs",
+        "_last_clock_add",
     )
 
     def __init__(
@@ -90,6 +92,8 @@ class EventTimeBuffer:
         self._expected: dict[int, float] = {}  # clock partition -> wall time it was expected from
         self._next: dict[int, int] = {}  # clock partition -> next offset this consumer will see
         self._known_end: dict[int, int] = {}  # clock partition -> offsets below it are known to exist
+        self._quiet_seqs: dict[int, float] = {}  # items that do not count as activity -> when added
+        self._last_clock_add = -float("inf")  # wall time of the latest bar (clock partition) added
 
     def __len__(self) -> int:
         return len(self._items)
@@ -116,8 +120,10 @@ class EventTimeBuffer:
         quiet: bool = False,
     ) -> None:
         """Holds `item` (of `record`'s canonical key). A `quiet` item (broker snapshots, read every
-        30 s whatever the market does) does not count as activity: it neither delays the release
-        of a quiet stream nor holds one up."""
+        30 s whatever the market does; the operator's changes) does not count as activity, so it
+        never delays the release of a quiet stream; and it is not released ahead of the bars:
+        beyond the latest bar seen it waits for the bars, or until neither a bar nor it arrived for
+        `max_hold_s` (a closed market)."""
         now = self._clock()
         key = canonical_key(record)
         if clock_partition is not None:
@@ -132,7 +138,10 @@ class EventTimeBuffer:
         self._items.append((key, self._seq, item))
         self._seq += 1
         if quiet:
+            self._quiet_seqs[self._seq - 1] = now
             return
+        if clock_partition is not None:
+            self._last_clock_add = now
         self._last_add = now
         mark = self._watermark(now)
         if mark is not None and (not self._marks or mark > self._marks[-1][1]):
@@ -175,6 +184,7 @@ class EventTimeBuffer:
         self._expected.clear()
         self._next.clear()
         self._known_end.clear()
+        self._quiet_seqs.clear()
         self._released_upto = None
         return items
 
@@ -205,15 +215,21 @@ class EventTimeBuffer:
             else:
                 upto = marks[0][1]
         self._items.sort()
-        if upto is None:
-            out, self._items = self._items, []
-        else:
-            n = 0
-            for key, _s, _it in self._items:
-                if key[0] >= upto:
-                    break
-                n += 1
-            out, self._items = self._items[:n], self._items[n:]
+        # quiet items beyond the latest bar wait for the bars, unless nothing moved for max_hold_s
+        horizon: Any = max(self._latest.values(), default=_HOLD)
+        quiet_items = self._quiet_seqs
+        n = 0
+        for key, seq, _it in self._items:
+            if upto is not None and key[0] >= upto:
+                break
+            added = quiet_items.get(seq)
+            if added is not None and (horizon is _HOLD or key[0] > horizon) \
+                    and now - max(added, self._last_clock_add) < self.max_hold_s:
+                break
+            n += 1
+        out, self._items = self._items[:n], self._items[n:]
+        for _k, seq, _it in out:
+            quiet_items.pop(seq, None)
         if out:
             last = self._released_upto
             self.late += sum(1 for k, _s, _it in out if last is not None and k[0] < last)

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from schemas.records import BrokerAccount
 from trading.ordering import EventTimeBuffer, SignalProgress, canonical_key
 
 T0 = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
@@ -261,3 +262,38 @@ def test_signal_commits_reset_forgets_samples() -> None:
     assert sp.covered() is None
     sp.sample({0: 5}, {0: 2})
     assert sp.covered() == {0: 5}
+
+
+def Snap(account: str, as_of: datetime) -> BrokerAccount:  # noqa: N802 - reads like the records above
+    return BrokerAccount(account, as_of, "ACTIVE", "USD", 1.0, 1.0, None, 1.0, None, None, None, None, False)
+
+
+def test_broker_records_wait_for_the_bars_and_go_out_in_their_minute() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0)
+    buf.expect({0: 0})
+    # a replay: the whole session's snapshots arrive before its bars
+    early, late = Snap("a", T0 + timedelta(seconds=20)), Snap("a", T0 + timedelta(minutes=3, seconds=20))
+    buf.add(early, "snap@15:00", quiet=True)
+    buf.add(late, "snap@15:03", quiet=True)
+    clock.t = 10.0
+    assert buf.release() == []  # no bar yet: nothing says where the session is
+    buf.add(F("AAPL", T0), "bar@15:00", clock_partition=0, offset=0)
+    buf.add(F("AAPL", T0 + timedelta(minutes=1)), "bar@15:01", clock_partition=0, offset=1)
+    clock.t = 13.0  # quiet since the bars: what they cover goes out, in order
+    assert buf.release() == ["snap@15:00", "bar@15:00", "bar@15:01"]
+    clock.t = 20.0
+    assert buf.release() == []  # 15:03 is beyond the latest bar: it waits
+    buf.add(F("AAPL", T0 + timedelta(minutes=4)), "bar@15:04", clock_partition=0, offset=2)
+    clock.t = 23.0
+    assert buf.release() == ["snap@15:03", "bar@15:04"]
+
+
+def test_broker_records_go_out_after_max_hold_when_no_bar_comes() -> None:
+    clock = Clock()
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0)
+    buf.add(Snap("a", T0 + timedelta(seconds=20)), "snap", quiet=True)  # a closed market: snapshots only
+    clock.t = 29.0
+    assert buf.release() == []
+    clock.t = 30.5
+    assert buf.release() == ["snap"]
