@@ -43,7 +43,8 @@ from trading.calendar import TradingCalendar
 from trading.signals import strategy_from_settings
 
 SESSION_DIR = Path("data/sample_session")
-STAGES = ("features", "classifier", "signals", "dispatch", "positions", "watchlist", "sink", "watchdog")
+STAGES = ("features", "classifier", "signals", "dispatch", "positions", "watchlist", "sink")  # consumers
+WATCHERS = ("watchdog",)  # the demo runs it too; it consumes nothing (the fault tests reuse STAGES)
 INPUT_TOPICS = ("market.bars.1m", "news.raw", "news.scored", "features.1m", "signals", "executions",
                 "broker.accounts", "broker.positions", "control")
 
@@ -268,8 +269,9 @@ def run_demo(settings: Settings, console: Console) -> int:
         )
         stages = StageProcesses(env, log_dir=settings.pipeline_data_dir / "logs", own_session=True)
         stack.callback(stages.stop)
-        stages.start(STAGES)
-        console.print(f"started {len(STAGES)} stages ({', '.join(STAGES)}); logs in {stages.log_dir}")
+        stages.start((*STAGES, *WATCHERS))
+        console.print(f"started {len(STAGES) + len(WATCHERS)} stages ({', '.join((*STAGES, *WATCHERS))}); "
+                      f"logs in {stages.log_dir}")
 
         codec = make_codec(settings.schema_registry_url)
         news = _news_items(session / "news.jsonl")
