@@ -4,182 +4,39 @@ in-batch reduction and each upsert's WHERE state one rule, so a batch ends as if
 
 from __future__ import annotations
 
-import json
-import math
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from schemas.records import (
-    ACTIONS,
-    ALERT_STATES,
-    ASSET_CLASSES,
-    CONTROL_ACTIONS,
-    EXECUTION_STATUSES,
-    ORIGINS,
-    RECONCILE_KINDS,
-    SENTIMENT_LABELS,
-    SEVERITIES,
-)
+from schemas.records import ACTIONS, EXECUTION_STATUSES, SENTIMENT_LABELS
 from schemas.topics import (
-    ALERTS,
     BARS,
-    BROKER_ACCOUNTS,
-    BROKER_POSITIONS,
-    CONTROL,
-    EQUITY,
     EXECUTIONS,
     FEATURES,
     NEWS_RAW,
     NEWS_SCORED,
-    OPTION_QUOTES,
     POSITIONS,
-    RECONCILE,
     SIGNALS,
     WATCHLIST,
-    TopicSpec,
 )
+from sinks.broker_tables import (
+    ACCOUNT_EQUITY,
+    ALERTS_ROWS,
+    BROKER_ACCOUNTS_HISTORY,
+    BROKER_POSITIONS_ROWS,
+    CONTROL_EVENTS,
+    OPTION_QUOTES_ROWS,
+    RECONCILE_EVENTS,
+)
+from sinks.table_spec import EXEC_RANK, Row, TableSpec, as_uuid, one_of, update_all
+from sinks.table_spec import EXECUTION_RANK as EXECUTION_RANK
+from sinks.table_spec import RECOMMENDATION_RANK as RECOMMENDATION_RANK
+from sinks.table_spec import InvalidRecord as InvalidRecord
 from trading.options import parse_occ
 
-Row = tuple[Any, ...]
-
-# An execution's status only moves up this order, so its last state is the highest one seen,
-# whatever order records arrive in. SUBMITTED -> FILLED/FAILED is the only real transition; the
-# order among final states only makes a contradiction between duplicates deterministic.
-EXECUTION_RANK: tuple[str, ...] = ("SUBMITTED", "SKIPPED", "SIMULATED", "FAILED", "FILLED")
-# A recommendation's status is the furthest any of its accounts got towards a filled order
-# (PENDING while no account has decided), recomputed from all of its executions.
-RECOMMENDATION_RANK: tuple[str, ...] = (
-    "PENDING", "SKIPPED", "SIMULATED", "FAILED", "SUBMITTED", "FILLED"
-)
-_EXEC_RANK = {s: i for i, s in enumerate(EXECUTION_RANK)}
-_RANKS = {
-    "exec_rank": sql.Literal(list(EXECUTION_RANK)),
-    "rec_rank": sql.Literal(list(RECOMMENDATION_RANK)),
-}
-assert set(EXECUTION_RANK) == set(EXECUTION_STATUSES)
 POSITION_STATUSES = frozenset({"OPEN", "CLOSED"})
-OPTION_TYPES = frozenset({"call", "put"})
-
-
-class InvalidRecord(ValueError):
-    """A decoded record that breaks a rule of its table; it goes to the DLQ."""
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """One contract topic's table. Columns are (name, staging type) in row order; `slot` names the
-    spec's batch rows and staging table (the table's name unless two topics write one table)."""
-
-    topic: TopicSpec
-    table: str
-    columns: tuple[tuple[str, str], ...]
-    key: tuple[str, ...]
-    build: Callable[[dict[str, Any]], Row]
-    on_conflict: str  # the ON CONFLICT action, with {t} for the target table
-    rank: Callable[[Row], Any] | None = None  # highest wins in a batch; ties and None: first seen
-    after: tuple[str, ...] = ()  # statements run after the upsert, in the same transaction
-    order_by_key: bool = False  # insert in key order: a fixed lock order between writers
-    conflict: str = ""  # the ON CONFLICT target when it is not the key's columns (an index expression)
-    slot: str = ""
-    key_of: Callable[[Row], Any] = field(init=False)
-
-    def __post_init__(self) -> None:
-        names = [c for c, _ in self.columns]
-        object.__setattr__(self, "key_of", itemgetter(*(names.index(k) for k in self.key)))
-        if not self.slot:
-            object.__setattr__(self, "slot", self.table)
-
-    @property
-    def stage(self) -> sql.Composed:
-        return sql.SQL("pg_temp.{}").format(sql.Identifier(f"sink_stage_{self.slot}"))
-
-    @property
-    def stage_types(self) -> list[str]:
-        return [t for _, t in self.columns]
-
-    def create_stage_sql(self) -> sql.Composed:
-        # Explicit types, not LIKE: binary COPY needs float8 for numeric targets and int8 for
-        # every integer (psycopg's binary int4 dumper wraps silently; the cast in the upsert
-        # raises instead, and the record goes to the DLQ).
-        cols = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in self.columns
-        )
-        return sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS").format(
-            self.stage, cols
-        )
-
-    def copy_sql(self) -> sql.Composed:
-        return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(self.stage, self._cols())
-
-    def clear_sql(self) -> sql.Composed:
-        return sql.SQL("TRUNCATE {}").format(self.stage)
-
-    def upsert_sql(self) -> sql.Composed:
-        order = sql.SQL(" ORDER BY {}").format(self._cols(self.key)) if self.order_by_key else sql.SQL("")
-        return sql.SQL(
-            "INSERT INTO {t} ({cols}) SELECT {cols} FROM {stage}{order} ON CONFLICT ({key}) {act}"
-        ).format(
-            t=sql.Identifier(self.table),
-            cols=self._cols(),
-            stage=self.stage,
-            order=order,
-            key=sql.SQL(self.conflict) if self.conflict else self._cols(self.key),
-            act=sql.SQL(self.on_conflict).format(t=sql.Identifier(self.table), **_RANKS),
-        )
-
-    def after_sql(self) -> list[sql.Composed]:
-        return [sql.SQL(s).format(stage=self.stage, **_RANKS) for s in self.after]
-
-    def reduce(self, rows: list[Row], msgs: list[Any]) -> tuple[list[Row], list[Any]]:
-        """One row per key (ON CONFLICT cannot touch a row twice in one statement)."""
-        key_of, rank = self.key_of, self.rank
-        best: dict[Any, int] = {}
-        for i, row in enumerate(rows):
-            k = key_of(row)
-            j = best.get(k)
-            if j is None:
-                best[k] = i
-            elif rank is not None and rank(row) > rank(rows[j]):
-                best[k] = i
-        if len(best) == len(rows):
-            return rows, msgs
-        keep = sorted(best.values())
-        return [rows[i] for i in keep], [msgs[i] for i in keep]
-
-    def _cols(self, names: tuple[str, ...] | None = None) -> sql.Composed:
-        names = names if names is not None else tuple(c for c, _ in self.columns)
-        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-
-
-def _update_all(columns: tuple[tuple[str, str], ...], key: tuple[str, ...], *extra: str) -> str:
-    sets = [f"{c} = excluded.{c}" for c, _ in columns if c not in key]
-    return "DO UPDATE SET " + ", ".join([*sets, *extra])
-
-
-def _uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise InvalidRecord(f"not a UUID: {value!r}") from exc
-
-
-def _one_of(value: str, allowed: frozenset[str] | tuple[str, ...], what: str) -> str:
-    if value not in allowed:
-        raise InvalidRecord(f"{what} {value!r} is not one of {sorted(allowed)}")
-    return value
-
-
-def _finite(value: float | None, what: str) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise InvalidRecord(f"{what} is not a finite number: {value!r}")
-    return value
 
 
 # --- market.bars.1m -> lane_telemetry: the highest revision of a minute wins ---------------
@@ -192,7 +49,7 @@ _bar = itemgetter("symbol", "ts", "open", "high", "low", "close", "volume", "tra
                   "source", "revision")
 LANE_TELEMETRY = TableSpec(
     BARS, "lane_telemetry", _BAR_COLS, ("ticker", "ts"), _bar,
-    _update_all(_BAR_COLS, ("ticker", "ts"), "ingested_at = now()")
+    update_all(_BAR_COLS, ("ticker", "ts"), "ingested_at = now()")
     + " WHERE excluded.revision > {t}.revision",
     rank=itemgetter(10),
 )
@@ -211,7 +68,7 @@ _features = itemgetter("symbol", "ts", "close", "sma_20", "sma_50", "volume_curr
                        "bars_seen", "revision")
 LANE_FEATURES = TableSpec(
     FEATURES, "lane_features", _FEATURE_COLS, ("ticker", "ts"), _features,
-    _update_all(_FEATURE_COLS, ("ticker", "ts"), "computed_at = now()")
+    update_all(_FEATURE_COLS, ("ticker", "ts"), "computed_at = now()")
     + " WHERE excluded.revision > {t}.revision",
     rank=itemgetter(17),
 )
@@ -230,7 +87,7 @@ INBOUND_RAW = TableSpec(
 
 
 def _scored(d: dict[str, Any]) -> Row:
-    label = _one_of(d["label"], SENTIMENT_LABELS, "label")
+    label = one_of(d["label"], SENTIMENT_LABELS, "label")
     return (d["id"], d["ticker"], d["tickers"], label, d["score"], d["model"], d["published"])
 
 
@@ -245,7 +102,7 @@ INBOUND_CLASSIFIED = TableSpec(
 # --- signals -> dispatch_recommendations: fills the signal's columns, never the status ------
 def _signal(d: dict[str, Any]) -> Row:
     return (
-        _uuid(d["id"]), d["ts"], d["symbol"], _one_of(d["action"], ACTIONS, "action"),
+        as_uuid(d["id"]), d["ts"], d["symbol"], one_of(d["action"], ACTIONS, "action"),
         d["base_confidence"], d["volume_multiplier"], d["confidence"], d["sentiment"],
         d["reason"], Jsonb(d["features"]), d["strategy_version"],
     )
@@ -260,14 +117,14 @@ _SIGNAL_COLS = (
 # An execution seen first created the row with NULL signal columns; `ts` is NULL exactly then.
 RECOMMENDATIONS = TableSpec(
     SIGNALS, "dispatch_recommendations", _SIGNAL_COLS, ("recommendation_id",), _signal,
-    _update_all(_SIGNAL_COLS, ("recommendation_id",)) + " WHERE {t}.ts IS NULL",
+    update_all(_SIGNAL_COLS, ("recommendation_id",)) + " WHERE {t}.ts IS NULL",
     order_by_key=True,
 )
 
 
 # --- executions -> dispatch_executions, then the recommendation's status --------------------
 def _execution(d: dict[str, Any]) -> Row:
-    status = _one_of(d["status"], EXECUTION_STATUSES, "status")
+    status = one_of(d["status"], EXECUTION_STATUSES, "status")
     decided: datetime = d["decided_at"]
     bar_used: datetime = d["bar_used_ts"] or decided
     sim = {
@@ -277,8 +134,8 @@ def _execution(d: dict[str, Any]) -> Row:
         "mode": d["mode"],
     }
     return (
-        _uuid(d["recommendation_id"]), d["account"], d["symbol"],
-        _one_of(d["action"], ACTIONS, "action"), status, d["intent"], d["mode"], d["qty"],
+        as_uuid(d["recommendation_id"]), d["account"], d["symbol"],
+        one_of(d["action"], ACTIONS, "action"), status, d["intent"], d["mode"], d["qty"],
         d["price"], d["failure_reason"], d["broker_order_id"], d["client_order_id"], decided,
         Jsonb(sim), Jsonb(d["gates"]),
     )
@@ -316,16 +173,17 @@ _RECOMMENDATION_FROM_EXECUTIONS = (
 DISPATCH_EXECUTIONS = TableSpec(
     EXECUTIONS, "dispatch_executions", _EXEC_COLS, ("recommendation_id", "account_name"),
     _execution,
-    _update_all(_EXEC_COLS, ("recommendation_id", "account_name"), "updated_at = now()")
+    update_all(_EXEC_COLS, ("recommendation_id", "account_name"), "updated_at = now()")
     + " WHERE array_position({exec_rank}::text[], excluded.status)"
     " > array_position({exec_rank}::text[], {t}.status)",
-    rank=lambda row: _EXEC_RANK[row[4]],
+    rank=lambda row: EXEC_RANK[row[4]],
     after=_RECOMMENDATION_FROM_EXECUTIONS,
     order_by_key=True,
 )
 
 
 # --- positions + broker.positions -> active_positions ----------------------------------------
+# (the broker.positions spec is BROKER_POSITIONS_ROWS, in sinks/broker_tables.py)
 # Two writers share a row per (account, ticker), each owning its columns, so neither erases the
 # other's and the result does not depend on which topic the sink reads first:
 #   - the desk (positions) owns opened_at, stop, target, realized_pnl, exit_reason, versioned by
@@ -343,7 +201,7 @@ def _asset_class(symbol: str) -> str:
 
 
 def _position(d: dict[str, Any]) -> Row:
-    status = _one_of(d["status"], POSITION_STATUSES, "status")
+    status = one_of(d["status"], POSITION_STATUSES, "status")
     return (
         d["account"], d["symbol"], d["qty"], d["avg_price"], d["opened_at"], d["stop"],
         d["target"], status, d["realized_pnl"], d["exit_reason"], d["updated_at"],
@@ -374,146 +232,6 @@ ACTIVE_POSITIONS = TableSpec(
     rank=lambda row: (row[10], row[7] == "CLOSED"),
 )
 
-
-def _expiration(value: str | None) -> date | None:
-    try:
-        return None if value is None else date.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidRecord(f"expiration {value!r} is not an ISO date") from exc
-
-
-def _broker_position(d: dict[str, Any]) -> Row:
-    if not d["symbol"]:
-        raise InvalidRecord("empty symbol")
-    qty = _finite(d["qty"], "qty")
-    multiplier = _finite(d["multiplier"], "multiplier")
-    if multiplier is None or multiplier <= 0:
-        raise InvalidRecord(f"multiplier {multiplier!r} is not positive")
-    option_type = d["option_type"]
-    if option_type is not None:
-        _one_of(option_type, OPTION_TYPES, "option_type")
-    return (
-        d["account"], d["symbol"], qty, _finite(d["avg_entry_price"], "avg_entry_price"),
-        "CLOSED" if qty == 0 else "OPEN", d["as_of"], _one_of(d["origin"], ORIGINS, "origin"),
-        _one_of(d["asset_class"], ASSET_CLASSES, "asset_class"), d["market_value"], d["cost_basis"],
-        d["unrealized_pl"], d["unrealized_plpc"], d["current_price"], d["as_of"], d["underlying"],
-        _expiration(d["expiration"]), option_type, d["strike"], multiplier,
-    )
-
-
-_BROKER_POSITION_COLS = (
-    ("account_name", "text"), ("ticker", "text"), ("qty", "float8"), ("avg_price", "float8"),
-    ("status", "text"), ("updated_at", "timestamptz"), ("origin", "text"), ("asset_class", "text"),
-    ("market_value", "float8"), ("cost_basis", "float8"), ("unrealized_pl", "float8"),
-    ("unrealized_plpc", "float8"), ("current_price", "float8"), ("broker_as_of", "timestamptz"),
-    ("underlying", "text"), ("expiration", "date"), ("option_type", "text"), ("strike", "float8"),
-    ("multiplier", "float8"),
-)
-BROKER_POSITIONS_ROWS = TableSpec(
-    BROKER_POSITIONS, "active_positions", _BROKER_POSITION_COLS, ("account_name", "ticker"),
-    _broker_position,
-    _update_all(_BROKER_POSITION_COLS, ("account_name", "ticker", "updated_at"),
-                "updated_at = greatest({t}.updated_at, excluded.updated_at)")
-    + " WHERE {t}.broker_as_of IS NULL OR excluded.broker_as_of > {t}.broker_as_of",
-    rank=itemgetter(13),
-    slot="active_positions_broker",
-)
-
-
-# --- broker.accounts -> broker_accounts: one row per snapshot; a repeat changes nothing -------
-def _json_default(value: Any) -> str:
-    if isinstance(value, date):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default)
-
-
-def _broker_account(d: dict[str, Any]) -> Row:
-    for name in ("cash", "buying_power", "options_buying_power", "equity", "last_equity"):
-        _finite(d[name], name)
-    return (
-        d["account"], d["as_of"], d["status"], d["currency"], d["cash"], d["buying_power"],
-        d["options_buying_power"], d["equity"], d["last_equity"], d["long_market_value"],
-        d["short_market_value"], d["options_approved_level"], d["trading_blocked"],
-        Jsonb(d["open_orders"], dumps=_dumps), d["trigger"],
-    )
-
-
-BROKER_ACCOUNTS_HISTORY = TableSpec(
-    BROKER_ACCOUNTS, "broker_accounts",
-    (("account_name", "text"), ("as_of", "timestamptz"), ("status", "text"), ("currency", "text"),
-     ("cash", "float8"), ("buying_power", "float8"), ("options_buying_power", "float8"),
-     ("equity", "float8"), ("last_equity", "float8"), ("long_market_value", "float8"),
-     ("short_market_value", "float8"), ("options_approved_level", "int8"),
-     ("trading_blocked", "bool"), ("open_orders", "jsonb"), ("trigger", "text")),
-    ("account_name", "as_of"), _broker_account, "DO NOTHING",
-)
-
-
-# --- options.quotes -> option_quotes: one row per (contract, as_of); the first one stays -------
-def _option_quote(d: dict[str, Any]) -> Row:
-    if parse_occ(d["contract"]) is None:
-        raise InvalidRecord(f"contract {d['contract']!r} is not an OCC option symbol")
-    for name in ("bid", "ask", "bid_size", "ask_size"):
-        if d[name] is not None and not d[name] >= 0:  # NaN fails too
-            raise InvalidRecord(f"{name} {d[name]!r} is negative or not a number")
-    return (
-        d["contract"], d["underlying"], d["as_of"], d["bid"], d["ask"], d["bid_size"], d["ask_size"],
-        d["last"], d["iv"], d["delta"], d["gamma"], d["theta"], d["vega"], d["source"],
-        d["fetched_at"],
-    )
-
-
-OPTION_QUOTES_ROWS = TableSpec(
-    OPTION_QUOTES, "option_quotes",
-    (("contract", "text"), ("underlying", "text"), ("as_of", "timestamptz"), ("bid", "float8"),
-     ("ask", "float8"), ("bid_size", "float8"), ("ask_size", "float8"), ("last", "float8"),
-     ("iv", "float8"), ("delta", "float8"), ("gamma", "float8"), ("theta", "float8"),
-     ("vega", "float8"), ("source", "text"), ("fetched_at", "timestamptz")),
-    ("contract", "as_of"), _option_quote, "DO NOTHING",
-)
-
-
-# --- equity -> account_equity: one point per (account, minute); the first one stays ------------
-def _equity(d: dict[str, Any]) -> Row:
-    if d["open_positions"] < 0:
-        raise InvalidRecord(f"open_positions {d['open_positions']!r} is negative")
-    return (
-        d["account"], d["ts"], _finite(d["equity"], "equity"), _finite(d["cash"], "cash"),
-        d["realized_pnl"], d["unrealized_pnl"], d["open_positions"], d["source"],
-    )
-
-
-ACCOUNT_EQUITY = TableSpec(
-    EQUITY, "account_equity",
-    (("account_name", "text"), ("ts", "timestamptz"), ("equity", "float8"), ("cash", "float8"),
-     ("realized_pnl", "float8"), ("unrealized_pnl", "float8"), ("open_positions", "int8"),
-     ("source", "text")),
-    ("account_name", "ts"), _equity, "DO NOTHING",
-)
-
-
-# --- reconcile -> reconcile_events: one per (account, decided_at, kind, symbol) ever -----------
-def _reconcile(d: dict[str, Any]) -> Row:
-    return (
-        d["account"], d["as_of"], d["decided_at"], _one_of(d["kind"], RECONCILE_KINDS, "kind"),
-        d["symbol"] or None,  # '' and NULL are one key (the unique index coalesces)
-        d["desk"], d["broker"], d["action"], d["detail"],
-    )
-
-
-RECONCILE_EVENTS = TableSpec(
-    RECONCILE, "reconcile_events",
-    (("account_name", "text"), ("as_of", "timestamptz"), ("decided_at", "timestamptz"),
-     ("kind", "text"), ("symbol", "text"), ("desk", "text"), ("broker", "text"), ("action", "text"),
-     ("detail", "text")),
-    ("account_name", "decided_at", "kind", "symbol"), _reconcile, "DO NOTHING",
-    conflict="account_name, decided_at, kind, (coalesce(symbol, ''))",
-)
-
 # --- watchlist -> lane_watchlist_state: one entry per (ticker, ts); the first one stays -----
 WATCHLIST_STATE = TableSpec(
     WATCHLIST, "lane_watchlist_state",
@@ -523,37 +241,6 @@ WATCHLIST_STATE = TableSpec(
     ("ticker", "ts"),
     itemgetter("symbol", "ts", "score", "rank", "volume_ratio", "momentum", "sentiment", "reasons"),
     "DO NOTHING",
-)
-
-# --- alerts -> alerts: every firing and resolution; control -> control_events: every change ------
-def _alert(d: dict[str, Any]) -> Row:
-    return (
-        d["rule"], d["subject"], _one_of(d["state"], ALERT_STATES, "state"),
-        _one_of(d["severity"], SEVERITIES, "severity"), d["started_at"], d["at"], d["summary"],
-        Jsonb(d["details"]),
-    )
-
-
-ALERTS_ROWS = TableSpec(
-    ALERTS, "alerts",
-    (("rule", "text"), ("subject", "text"), ("state", "text"), ("severity", "text"),
-     ("started_at", "timestamptz"), ("at", "timestamptz"), ("summary", "text"), ("details", "jsonb")),
-    ("rule", "subject", "started_at", "state"), _alert, "DO NOTHING",
-)
-
-
-def _control(d: dict[str, Any]) -> Row:
-    return (
-        d["id"], d["account"], _one_of(d["action"], CONTROL_ACTIONS, "action"), d["at"], d["reason"],
-        Jsonb(d["settings"]), d["flatten"], d["operator"],
-    )
-
-
-CONTROL_EVENTS = TableSpec(
-    CONTROL, "control_events",
-    (("id", "text"), ("account_name", "text"), ("action", "text"), ("at", "timestamptz"),
-     ("reason", "text"), ("settings", "jsonb"), ("flatten", "bool"), ("operator", "text")),
-    ("id",), _control, "DO NOTHING",
 )
 
 # Write order inside a transaction: signals before executions, so a recommendation row made

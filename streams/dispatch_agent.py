@@ -9,13 +9,12 @@ import asyncio
 import functools
 import logging
 import threading
-import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from connectors.alpaca_trading import AlpacaOrders, OrderOutcome, TradeUpdates, outcome_of_update
+from connectors.alpaca_trading import AlpacaOrders
 from opsinfra.endpoints import Endpoints
 from opsinfra.kafka_config import admin_config
 from opsinfra.settings import Settings
@@ -41,17 +40,15 @@ from schemas.topics import (
     SIGNALS,
 )
 from streams.app import EventIO, PipelineApp, add_agent, run_stage
-from streams.broker_link import BrokerLink, KeyPair, key_pairs
+from streams.dispatch_broker import BrokerSide
 from trading.accounts import AccountDesk, accounts_from_settings
 from trading.broker import decided_at
-from trading.execution import client_order_id
-from trading.options import parse_occ
-from trading.reconcile import equity_point, rebuild_view
 from trading.calendar import SessionCalendar, TradingCalendar
 from trading.clock import MINUTE, Clock, WallClock
 from trading.execution import FAILED, FILLED, SKIPPED, SUBMITTED, exit_reason_of
 from trading.gates import DEFAULT_ACCOUNTS, AccountConfig
 from trading.ordering import EventTimeBuffer, SignalProgress
+from trading.reconcile import equity_point, rebuild_view
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +109,7 @@ class DispatchConfig:
         return any(a.mode == "alpaca-paper" for a in self.accounts)
 
 
-@dataclass
-class _Unknown:
-    first_seen: float = field(default_factory=time.monotonic)
-
-
-class DispatchHandler:
+class DispatchHandler(BrokerSide):
     """The desks of every account and what moves their decisions in and out.
 
     Each account's AccountDesk decides entries, reversals and rule exits, and is the only writer of
@@ -128,9 +120,7 @@ class DispatchHandler:
     published. A Table would be a second copy written in a separate step (a crash can split them),
     with a changelog partitioned by input event rather than by account.
 
-    alpaca-paper: a decision that passed the gates is published as SUBMITTED (write-ahead) before
-    the order is POSTed, so a crash between the POST and its answer leaves a record that the
-    reconcile pass resolves by client_order_id, never a second order."""
+    What happens at Alpaca once a desk has decided is BrokerSide's (streams/dispatch_broker.py)."""
 
     def __init__(self, papp: PipelineApp, config: DispatchConfig, endpoints: Endpoints, *,
                  calendar: SessionCalendar | None = None, orders: AlpacaOrders | None = None,
@@ -143,19 +133,12 @@ class DispatchHandler:
         self.io = EventIO(papp, STAGE)
         self.desks = {a.name: AccountDesk(a, self.calendar) for a in config.accounts}
         self.buffers = {a.name: EventTimeBuffer(config.order_grace_s, config.order_idle_s,
-                                                gate_on_progress=config.signals_group is not None)
+                                                gate_on_progress=config.signals_group is not None,
+                                                quiet_waits_for_bars=config.clock == "bar")
                         for a in config.accounts}
         self._admin: Any = None
         self.streams: dict[str, Any] = {}  # account -> its agent's stream, to ack released events
-        self.orders = orders  # one client for every account (tests); else one per key pair
-        self.pairs: dict[str, KeyPair] = {}
-        if orders is None and config.needs_broker:
-            self.pairs = key_pairs(config.accounts, papp.settings, default_url=config.alpaca_url,
-                                   timeout_s=config.order_timeout_s)
-        self.link = BrokerLink(self.pairs, self.io.send, data_url=config.alpaca_data_url,
-                               timeout_s=config.order_timeout_s, pipeline_symbols=self._pipeline_symbols,
-                               open_symbols=self._open_symbols,
-                               now=self.clock.now)
+        super().__init__(papp.settings, config, self.io.send, orders=orders, now=self.clock.now)
         self._equity_minute: dict[str, datetime] = {}
         # opt-in messages of entries, fills and exits (NOTIFY_TRADES), live only: a replay is history
         self.notifier: Any = None
@@ -165,24 +148,9 @@ class DispatchHandler:
             self.notifier = Notifier.from_settings(papp.settings, stage=STAGE)
         self.stale = True
         self._lock: asyncio.Lock | None = None
-        self._unknown: dict[str, _Unknown] = {}
-        self._updates: asyncio.Queue[Any] | None = None
-        self.trade_updates: TradeUpdates | None = None
         self.features_topic = papp.settings.topic(FEATURES.name)
         self.signals_topic = papp.settings.topic(SIGNALS.name)
         self.signal_commits = SignalProgress()  # the signal agent's commits, once trustworthy
-
-    def orders_for(self, account: str) -> AlpacaOrders | None:
-        pair = self.link.for_account(account)
-        return pair.orders if pair is not None else self.orders
-
-    def _pipeline_symbols(self, account: str) -> set[str]:
-        desk = self.desks.get(account)
-        return set() if desk is None else {p.symbol for p in desk.state.book}
-
-    def _open_symbols(self, account: str) -> set[str]:
-        desk = self.desks.get(account)
-        return set() if desk is None else {p.symbol for p in desk.state.book if p.status == "OPEN"}
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -193,8 +161,8 @@ class DispatchHandler:
         if any(a.uses_broker for a in self.config.accounts):  # (ControlEvent: read below)
             for spec in (BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES):
                 broker += self.io.read_all(self.endpoints, spec)
-        control = sorted((r for r in self.io.read_all(self.endpoints, CONTROL) if isinstance(r, ControlEvent)),
-                         key=lambda r: r.at)
+        control = sorted((r for r in self.io.read_all(self.endpoints, CONTROL)
+                          if isinstance(r, ControlEvent)), key=lambda r: r.at)
         for desk in desks.values():
             last = max((e.decided_at for e in history if e.account == desk.name), default=None)
             for event in control:  # the operator's changes in force at the desk's last decision
@@ -413,8 +381,8 @@ class DispatchHandler:
                                  record.settings or "", record.at.isoformat(), record.reason)
                     for ev in events:
                         futures.append(await self.io.send(RECONCILE, ev))
-                        log.info("dispatch[%s]: reconcile %s %s: %s (%s)", desk.name, ev.kind, ev.symbol or "",
-                                 ev.action, ev.detail)
+                        log.info("dispatch[%s]: reconcile %s %s: %s (%s)", desk.name, ev.kind,
+                                 ev.symbol or "", ev.action, ev.detail)
                 else:
                     decisions = []
             except Exception as exc:  # noqa: BLE001 - a decision that cannot be made: dead letter
@@ -453,179 +421,7 @@ class DispatchHandler:
         if execution.status != SUBMITTED or execution.broker_order_id is not None:
             return [fut]
         await fut  # write-ahead: on record before the order exists
-        orders = self.orders_for(desk.name)
-        if orders is None:
-            raise RuntimeError(f"{desk.name}: alpaca-paper account without a broker client")
-        protect = await self._protection(desk, execution)
-        try:
-            outcome = await asyncio.to_thread(orders.submit, execution, **protect)
-        except ValueError as exc:  # refused before anything was sent (e.g. a bracket on an option)
-            outcome = OrderOutcome(FAILED, reason=f"not sent: {exc}")
-        except Exception:  # noqa: BLE001 - whatever went wrong, the POST may have happened
-            log.exception("dispatch[%s]: submitting %s failed", desk.name, execution.client_order_id)
-            outcome = OrderOutcome(SUBMITTED)  # unknown: the reconcile pass finds out
-        return await self._resolve(desk, execution, outcome)
-
-    async def _protection(self, desk: AccountDesk, execution: Execution) -> dict[str, float]:
-        """Bracket legs of an entry (protective_orders: bracket), so a stop exists at Alpaca while
-        this stage is down; before the desk's own exit of such a position, its legs are cancelled."""
-        if desk.config.protective_orders != "bracket":
-            return {}
-        if execution.intent == "exit":
-            pos = desk.state.book.get(execution.symbol)
-            if pos is not None:
-                await asyncio.to_thread(self.link.cancel_legs, desk.name, client_order_id(desk.name, pos.entry_id))
-            return {}
-        if execution.intent != "entry" or parse_occ(execution.symbol) is not None:
-            return {}  # Alpaca takes no bracket on an option
-        if execution.intent != "entry" or not execution.price:
-            return {}
-        rules = desk.config.exits
-        side = 1.0 if execution.action == "BUY" else -1.0
-        return {"take_profit": execution.price * (1.0 + side * rules.take_profit_pct),
-                "stop_loss": execution.price * (1.0 - side * rules.stop_loss_pct)}
-
-    async def _resolve(self, desk: AccountDesk, execution: Execution, outcome: OrderOutcome
-                       ) -> list[Awaitable[Any]]:
-        coid = execution.client_order_id or ""
-        if not outcome.known:
-            self._unknown.setdefault(coid, _Unknown())
-            log.warning("dispatch[%s]: order %s outcome unknown; stays SUBMITTED until reconciled",
-                        desk.name, coid)
-            return []
-        self._unknown.pop(coid, None)
-        update = outcome.apply_to(execution)
-        if update == execution:
-            return []
-        desk.apply(update)
-        self._tell(update)
-        return [await self.io.send(EXECUTIONS, update)]
-
-    # -- broker: reconcile and trade updates ----------------------------------------------------
-
-    async def reconcile(self) -> int:
-        """Looks up every order whose outcome is not known yet; returns how many were resolved."""
-        async with self.lock:
-            await self._ensure_state()
-            return await self._reconcile()
-
-    async def _reconcile(self) -> int:
-        resolved = 0
-        futures: list[Awaitable[Any]] = []
-        for desk in self.desks.values():
-            orders = self.orders_for(desk.name)
-            if orders is None:
-                continue
-            for execution in desk.submitted():
-                coid = execution.client_order_id
-                if coid is None:
-                    continue
-                try:
-                    found = await asyncio.to_thread(orders.lookup, coid)
-                except Exception as exc:  # noqa: BLE001 - Alpaca cannot say now: ask next time
-                    log.warning("dispatch[%s]: reconcile lookup of %s failed: %s", desk.name, coid, exc)
-                    continue
-                if found is None:
-                    if execution.broker_order_id is not None:
-                        continue  # it was there: a lookup glitch, not an answer
-                    seen = self._unknown.setdefault(coid, _Unknown())
-                    waited = time.monotonic() - seen.first_seen
-                    if waited < self.config.unknown_after_s:
-                        continue
-                    found = OrderOutcome(FAILED, reason=f"not at the broker {waited:.0f}s after an "
-                                                        "unanswered POST")
-                before = len(futures)
-                futures.extend(await self._resolve(desk, execution, found))
-                resolved += len(futures) > before
-        if futures:
-            await asyncio.gather(*futures)
-        if resolved:
-            log.info("dispatch: reconcile resolved %d order(s)", resolved)
-        return resolved
-
-    def _on_update(self, update: Any, pair: KeyPair | None = None) -> None:
-        if self._updates is not None:
-            self._updates.put_nowait(update)
-        if pair is not None:
-            self.link.after_update(pair)
-
-    async def apply_update(self, update: Any) -> bool:
-        """A trade_updates event: the execution it concerns moves on (FILLED, FAILED)."""
-        outcome = outcome_of_update(update)
-        if outcome is None:
-            return False
-        coid = update.order.client_order_id
-        async with self.lock:
-            await self._ensure_state()
-            return await self._apply_update(coid, outcome)
-
-    async def _apply_update(self, coid: str, outcome: OrderOutcome) -> bool:
-        for desk in self.desks.values():
-            for execution in desk.submitted():
-                if execution.client_order_id == coid:
-                    futures = await self._resolve(desk, execution, outcome)
-                    if futures:
-                        await asyncio.gather(*futures)
-                    return bool(futures)
-        return False
-
-    async def run_updates(self) -> None:
-        """One trade_updates stream per key pair for the life of the app (alpaca-paper accounts)."""
-        if not self.config.trade_updates or (self.orders is None and not self.pairs):
-            return
-        self._updates = asyncio.Queue()
-        await self.ensure_state()
-        loop = asyncio.get_running_loop()
-        if self.orders is not None:
-            self.trade_updates = TradeUpdates(self.orders.credentials, url=self.config.alpaca_stream_url,
-                                              loop=loop, sink=self._on_update)
-            self.trade_updates.start()
-        for pair in self.pairs.values():
-            pair.updates = TradeUpdates(pair.credentials, url=self.config.alpaca_stream_url, loop=loop,
-                                        sink=functools.partial(self._on_update, pair=pair),
-                                        on_connect=functools.partial(self.link.after_update, pair, 0.0, "reconnect"))
-            try:
-                pair.updates.start()
-            except Exception as exc:  # noqa: BLE001 - bad keys: the snapshots' age says so; retried by restart
-                log.error("dispatch: trade updates on %s could not start: %s", pair.label, exc)
-        try:
-            while True:
-                update = await self._updates.get()
-                try:
-                    await self.apply_update(update)
-                except Exception:
-                    log.exception("dispatch: trade update failed; the next reconcile covers it")
-        finally:
-            if self.trade_updates is not None:
-                self.trade_updates.stop(timeout_s=0.0)
-            for pair in self.pairs.values():
-                if pair.updates is not None:
-                    pair.updates.stop(timeout_s=0.0)
-
-
-    async def run_snapshots(self) -> None:
-        """The broker's state: at start, every snapshot_every_s, soon after trade updates; option
-        quotes of held contracts every quotes_every_s. Nothing here stops the stage."""
-        config = self.config
-        next_poll = next_quotes = 0.0
-        trigger = "start"
-        while True:
-            try:
-                await self.ensure_state()
-                now = time.monotonic()
-                if now >= next_poll:
-                    next_poll = now + config.snapshot_every_s
-                    await self.link.snapshot(trigger)
-                    trigger = "poll"
-                await self.link.due()
-                if now >= next_quotes:
-                    next_quotes = now + config.quotes_every_s
-                    await self.link.quotes()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dispatch: broker snapshot loop failed; going on")
-            await asyncio.sleep(0.5)
+        return await self._submit(desk, execution)
 
 
 def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig | None = None,

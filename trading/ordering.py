@@ -64,6 +64,7 @@ class EventTimeBuffer:
         "_known_end",
         "_quiet_seqs",
         "_last_clock_add",
+        "quiet_waits_for_bars",
     )
 
     def __init__(
@@ -74,11 +75,15 @@ class EventTimeBuffer:
         *,
         gate_on_progress: bool = False,
         max_hold_s: float = 30.0,
+        quiet_waits_for_bars: bool = False,
     ) -> None:
         self.grace_s = grace_s
         self.idle_s = idle_s
         self.max_hold_s = max_hold_s
         self.gate_on_progress = gate_on_progress
+        # on bar time (a replay) quiet items beyond the latest bar wait for the bars; on the wall
+        # clock they are in the past when they arrive and go out with what they precede
+        self.quiet_waits_for_bars = quiet_waits_for_bars
         self._clock = clock
         self._pending: dict[int, deque[tuple[int, datetime]]] = {}  # partition -> (offset, ts) not covered
         self._items: list[tuple[tuple[Any, ...], int, Any]] = []
@@ -122,8 +127,8 @@ class EventTimeBuffer:
         """Holds `item` (of `record`'s canonical key). A `quiet` item (broker snapshots, read every
         30 s whatever the market does; the operator's changes) does not count as activity, so it
         never delays the release of a quiet stream; and it is not released ahead of the bars:
-        beyond the latest bar seen it waits for the bars, or until neither a bar nor it arrived for
-        `max_hold_s` (a closed market)."""
+        beyond the latest bar seen it waits for the bars (with `quiet_waits_for_bars`: on bar time),
+        or until neither a bar nor it arrived for `max_hold_s` (a closed market)."""
         now = self._clock()
         key = canonical_key(record)
         if clock_partition is not None:
@@ -217,7 +222,7 @@ class EventTimeBuffer:
         self._items.sort()
         # quiet items beyond the latest bar wait for the bars, unless nothing moved for max_hold_s
         horizon: Any = max(self._latest.values(), default=_HOLD)
-        quiet_items = self._quiet_seqs
+        quiet_items = self._quiet_seqs if self.quiet_waits_for_bars else {}
         n = 0
         for key, seq, _it in self._items:
             if upto is not None and key[0] >= upto:
@@ -229,7 +234,7 @@ class EventTimeBuffer:
             n += 1
         out, self._items = self._items[:n], self._items[n:]
         for _k, seq, _it in out:
-            quiet_items.pop(seq, None)
+            self._quiet_seqs.pop(seq, None)
         if out:
             last = self._released_upto
             self.late += sum(1 for k, _s, _it in out if last is not None and k[0] < last)

@@ -186,7 +186,7 @@ def test_an_unheard_partition_known_to_hold_records_is_waited_for_past_idle() ->
     """The signal producer has committed past offset 40 of partition 1: those bars exist, and this
     consumer (starting at 0) has not seen them, so silence is not emptiness."""
     clock = Clock()
-    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0)
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0, quiet_waits_for_bars=True)
     buf.expect({0: 0, 1: 0})
     buf.known({1: 40})
     for i in range(3):
@@ -270,7 +270,7 @@ def Snap(account: str, as_of: datetime) -> BrokerAccount:  # noqa: N802 - reads 
 
 def test_broker_records_wait_for_the_bars_and_go_out_in_their_minute() -> None:
     clock = Clock()
-    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0)
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0, quiet_waits_for_bars=True)
     buf.expect({0: 0})
     # a replay: the whole session's snapshots arrive before its bars
     early, late = Snap("a", T0 + timedelta(seconds=20)), Snap("a", T0 + timedelta(minutes=3, seconds=20))
@@ -291,7 +291,7 @@ def test_broker_records_wait_for_the_bars_and_go_out_in_their_minute() -> None:
 
 def test_broker_records_go_out_after_max_hold_when_no_bar_comes() -> None:
     clock = Clock()
-    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0)
+    buf = EventTimeBuffer(grace_s=0.5, idle_s=2.0, clock=clock, max_hold_s=30.0, quiet_waits_for_bars=True)
     buf.add(Snap("a", T0 + timedelta(seconds=20)), "snap", quiet=True)  # a closed market: snapshots only
     clock.t = 29.0
     assert buf.release() == []
