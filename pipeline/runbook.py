@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from opsinfra.settings import Settings
@@ -65,6 +66,39 @@ def decision_checks(
             i not in recommendation_rows for i, _ in rows
         ),
     }
+
+
+def execution_checks(
+    executions: Sequence[Execution], *, as_of: datetime | None = None,
+    unresolved_after: timedelta = timedelta(minutes=5),
+) -> dict[str, int]:
+    """Runbook checks of the executions topic alone (each partition in offset order), each a count
+    that is 0 on a correct run: the same (recommendation, account) decided twice, a decision that
+    names no bar, an order SUBMITTED whose last record is still SUBMITTED `unresolved_after` before
+    `as_of` (default: the latest decided_at on the topic, the clock the run reached)."""
+    records: dict[tuple[str, str], list[Execution]] = {}
+    for e in executions:
+        records.setdefault((e.recommendation_id, e.account), []).append(e)
+    if as_of is None:
+        as_of = max((e.decided_at for e in executions), default=None)
+    minutes = unresolved_after.total_seconds() / 60
+    return {
+        "executions topic: (recommendation, account) decided more than once": sum(
+            _decided_twice([e.status for e in rs]) for rs in records.values()
+        ),
+        "executions topic: records without bar_used_ts": sum(e.bar_used_ts is None for e in executions),
+        f"executions topic: SUBMITTED with no final status after {minutes:g} min": sum(
+            rs[-1].status == SUBMITTED and as_of is not None and as_of - rs[-1].decided_at > unresolved_after
+            for rs in records.values()
+        ),
+    }
+
+
+def _decided_twice(statuses: Sequence[str]) -> bool:
+    """More than one final status, or anything after the final one (SUBMITTED records before it
+    are the order's write-ahead and the broker's acknowledgement)."""
+    finals = [i for i, s in enumerate(statuses) if s != SUBMITTED]
+    return len(finals) > 1 or (bool(finals) and finals[0] != len(statuses) - 1)
 
 
 def _one_decision(statuses: Sequence[str]) -> bool:

@@ -3,13 +3,18 @@
 Broker: KAFKA_BOOTSTRAP_SERVERS if set; else Redpanda in a container if a Docker engine answers;
 else the embedded Tansu, started once per session. PostgreSQL: DATABASE_URL if set; else a
 container; else a server on 127.0.0.1:5432 if one answers; else embedded PostgreSQL. Each test
-gets its own topic prefix, consumer-group prefix and database schema.
+gets its own topic prefix, consumer-group prefix and database schema. pytest's header names the
+backends that run. Fixture settings use header framing; registry framing is tested against the
+in-process `mock://` registry, and those tests say so in their names.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from opsinfra.settings import Settings
+from opsinfra.settings import Settings, redact_url
 from schemas.topic_io import RecordProducer
 from schemas.topics import ALL_TOPICS
 
@@ -28,6 +33,7 @@ POSTGRES_IMAGE = "postgres:16-alpine"
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+@functools.cache
 def _docker_answers() -> bool:
     if os.environ.get("OPS_TEST_NO_DOCKER"):
         return False
@@ -55,6 +61,51 @@ def _local_pg_answers() -> bool:
             return True
     except (OSError, psycopg.Error):
         return False
+
+
+def _broker_backend() -> str:
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        return f"{configured} (KAFKA_BOOTSTRAP_SERVERS)"
+    return f"Redpanda container {REDPANDA_IMAGE}" if _docker_answers() else "embedded Tansu"
+
+
+def _postgres_backend() -> str:
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        return f"{redact_url(configured)} (DATABASE_URL)"
+    if _docker_answers():
+        return f"container {POSTGRES_IMAGE}"
+    return f"local server {LOCAL_PG}" if _local_pg_answers() else "embedded PostgreSQL"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"broker: {_broker_backend()}",
+        f"PostgreSQL: {_postgres_backend()}",
+        "schema registry: none in the fixtures (header framing); registry framing runs against the "
+        "in-process mock:// registry (tests named *mock_registry*)",
+    ]
+
+
+_FAUST_DATADIR = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """faust apps made in-process keep an (empty) `<app id>-data` folder under the working
+    directory, the repository; this run's go to a temporary folder instead (unless APP_DATADIR
+    is set), and the stage processes the tests start inherit it."""
+    if "APP_DATADIR" not in os.environ:
+        base = tempfile.mkdtemp(prefix="ops-pipeline-test-faust-")
+        config.stash[_FAUST_DATADIR] = base
+        os.environ["APP_DATADIR"] = os.path.join(base, "{conf.name}-data")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    base = config.stash.get(_FAUST_DATADIR, None)
+    if base is not None:
+        os.environ.pop("APP_DATADIR", None)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The whole pipeline over the bundled sample session, for fault tests: pipeline.demo's building
 blocks (its stage processes, the session's news then bars, `wait_drained`) with hooks to interfere mid-run,
-and the final PostgreSQL tables as comparable rows."""
+the final PostgreSQL tables as comparable rows, and the runbook's checks of the topics against them."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ from rich.console import Console
 
 from opsinfra.settings import Settings
 from pipeline.demo import STAGES, _news_items, _wait_scored, wait_drained
+from pipeline.runbook import LiveRecords, decision_checks, execution_checks
 from pipeline.supervisor import StageProcesses
 from schemas.codec import make_codec
 from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import EXECUTIONS, NEWS_RAW
 from sinks.tables import LANE_FEATURES, LANE_TELEMETRY
+from trading.accounts import accounts_from_settings
 
 REPO = Path(__file__).resolve().parents[2]
 SESSION = REPO / "data" / "sample_session"
@@ -93,6 +95,9 @@ class FaultStages(StageProcesses):
         """SIGSTOP the stage: it keeps its connections and does nothing (kill9 still works)."""
         os.killpg(self.procs[name].pid, signal.SIGSTOP)
 
+    def thaw(self, name: str) -> None:
+        os.killpg(self.procs[name].pid, signal.SIGCONT)
+
     def restart(self, name: str) -> None:
         self.kill9(name)
         self.restarts[name] += 1
@@ -105,7 +110,7 @@ class FaultStages(StageProcesses):
 class RunResult:
     tables: dict[str, list[tuple[Any, ...]]]
     duplicate_executions: dict[tuple[str, str], int]
-    processing: int
+    runbook: dict[str, int]  # each 0 on a correct run
     drained_s: float
     total_s: float
     notes: list[str] = field(default_factory=list)
@@ -139,12 +144,18 @@ def snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
-def processing_count(database_url: str) -> int:
+def runbook_checks(settings: Settings, bootstrap: str, database_url: str) -> dict[str, int]:
+    """The runbook's checks of the executions and signals topics, alone and against the tables."""
+    live = LiveRecords.read(settings, bootstrap, make_codec(settings.schema_registry_url))
     with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM dispatch_recommendations WHERE status = 'PROCESSING'"
-        ).fetchone()
-    return int(row[0]) if row else 0
+        recs = {str(i) for (i,) in conn.execute("SELECT recommendation_id FROM dispatch_recommendations")}
+        execs = {(str(i), a) for i, a in conn.execute(
+            "SELECT recommendation_id, account_name FROM dispatch_executions")}
+    accounts = [a.name for a in accounts_from_settings(settings)]
+    return {
+        **decision_checks(live.executions, live.signals, accounts, recs, execs),
+        **execution_checks(live.executions),
+    }
 
 
 def duplicate_executions(settings: Settings, bootstrap: str) -> dict[tuple[str, str], int]:
@@ -186,12 +197,14 @@ def run_session(
     during_bars: Callable[[FaultStages, threading.Event], None] | None = None,
     after_start: Callable[[FaultStages], None] | None = None,
     drain_timeout_s: float = 240.0,
+    bars_speed: float | None = None,
 ) -> RunResult:
     """Provision, start the demo's stages, publish the session's news (wait until scored) and then
     its bars; `after_start(stages)` runs in a thread from the stages' start (joined before the
     bars); `during_bars(stages, published)` runs while the bars are published (`published` is
     set once they all are) and returns when its interference is over; then wait until drained
-    and read the tables. `stage_bootstrap` is the address the stages use (e.g. a proxy)."""
+    and read the tables. `stage_bootstrap` is the address the stages use (e.g. a proxy);
+    `bars_speed` paces the bars by bar time (bar seconds a second; None: as fast as possible)."""
     from connectors.intake import BarIntake, ProducerSink
     from connectors.replay import load_bar_file, prepare_rows, publish
     from pipeline.provision import provision
@@ -226,7 +239,8 @@ def run_session(
         def replay() -> None:
             try:
                 with RecordProducer(settings, bootstrap, codec) as producer:
-                    publish(prep, BarIntake(ProducerSink(producer), symbols=None), origin="fault", speed=None)
+                    publish(prep, BarIntake(ProducerSink(producer), symbols=None), origin="fault",
+                            speed=bars_speed)
             except BaseException as exc:  # reported by the caller
                 errors.append(exc)
             finally:
@@ -242,7 +256,7 @@ def run_session(
         return RunResult(
             tables=snapshot(database_url),
             duplicate_executions=duplicate_executions(settings, bootstrap),
-            processing=processing_count(database_url),
+            runbook=runbook_checks(settings, bootstrap, database_url),
             drained_s=drained,
             total_s=time.monotonic() - started,
         )

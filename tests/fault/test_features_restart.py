@@ -83,6 +83,10 @@ class Worker:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
+    def freeze(self) -> None:
+        """SIGSTOP: it holds its partitions and commits nothing more (kill9 still works)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -120,19 +124,50 @@ def workers(
             worker.stop()
 
 
+class Feeder(threading.Thread):
+    """Sends bars as a live stream of about `per_s` bars a second; before the bar at index `i` of
+    `holds`, it waits until `holds[i]` is set, so the stream is surely still coming at that point."""
+
+    def __init__(self, settings: Settings, bootstrap: str, bars: list[Bar], per_s: float,
+                 holds: dict[int, threading.Event] | None = None) -> None:
+        super().__init__(daemon=True)
+        self.args = (settings, bootstrap, bars, per_s)
+        self.holds = holds or {}
+        self.sent = 0  # flushed to the broker
+        self.held_at: int | None = None  # the hold it is waiting at
+
+    def run(self) -> None:
+        settings, bootstrap, bars, per_s = self.args
+        chunk = max(1, int(per_s / 10))
+        with RecordProducer(settings, bootstrap, HeaderCodec()) as producer:
+            for i, bar in enumerate(bars):
+                if i in self.holds:
+                    producer.flush()
+                    self.sent, self.held_at = i, i
+                    assert self.holds[i].wait(120), f"never released at bar {i}"
+                    self.held_at = None
+                producer.send(BARS, bar)
+                if i % chunk == chunk - 1:
+                    producer.flush()
+                    self.sent = i + 1
+                    time.sleep(0.1)
+            producer.flush()
+            self.sent = len(bars)
+
+
 def produce(settings: Settings, bootstrap: str, bars: Iterable[Bar], per_s: float = 0) -> None:
     """Send `bars`: at once, or as a live stream of about `per_s` bars a second."""
-    chunk = max(1, int(per_s / 10))
+    if per_s:
+        Feeder(settings, bootstrap, list(bars), per_s).run()
+        return
     with RecordProducer(settings, bootstrap, HeaderCodec()) as producer:
-        for i, bar in enumerate(bars):
+        for bar in bars:
             producer.send(BARS, bar)
-            if per_s and i % chunk == chunk - 1:
-                producer.flush()
-                time.sleep(0.1)
 
 
-def feeding(settings: Settings, bootstrap: str, bars: list[Bar], per_s: float) -> threading.Thread:
-    feeder = threading.Thread(target=produce, args=(settings, bootstrap, bars, per_s), daemon=True)
+def feeding(settings: Settings, bootstrap: str, bars: list[Bar], per_s: float,
+            holds: dict[int, threading.Event] | None = None) -> Feeder:
+    feeder = Feeder(settings, bootstrap, bars, per_s, holds)
     feeder.start()
     return feeder
 
@@ -206,19 +241,29 @@ def test_kill_9_mid_stream_then_restart_emits_what_an_uninterrupted_run_emits(
     expected = reference(bars)
     backlog, live = bars[: len(bars) // 3], bars[len(bars) // 3 :]
     produce(provisioned, kafka_bootstrap, backlog)
-    feeder = feeding(provisioned, kafka_bootstrap, live, per_s=300)
+    # the stream holds 600 bars before its end until the worker is frozen, and 300 before its end
+    # until it is killed: the kill lands mid-stream, with bars it has not committed
+    frozen, killed = threading.Event(), threading.Event()
+    feeder = feeding(provisioned, kafka_bootstrap, live, per_s=300,
+                     holds={len(live) - 600: frozen, len(live) - 300: killed})
 
     first = workers("first")
-    # kill it once it has committed progress, while bars are still coming in
     wait_for(
         lambda: sum(max(0, o) for o in committed(provisioned, kafka_bootstrap).values()) > 0,
         "the first worker to commit",
         [first],
     )
-    assert feeder.is_alive()
+    first.freeze()
+    frozen.set()
+    wait_for(lambda: feeder.held_at == len(live) - 300, "the stream to reach its second hold", [])
     first.kill9()
+    done = sum(max(0, o) for o in committed(provisioned, kafka_bootstrap).values())
+    uncommitted = len(backlog) + feeder.sent - done  # left by the kill, the stream held meanwhile
+    killed.set()
+    assert uncommitted > 0, f"killed with every bar sent committed ({done})"
     second = workers("second")
     feeder.join(120)
+    assert not feeder.is_alive()
     got = wait_for_features(provisioned, kafka_bootstrap, expected, [second])
 
     assert_equal_to_reference(got, expected)
@@ -267,7 +312,9 @@ def test_two_workers_split_the_symbols_and_a_survivor_takes_over_a_killed_one(
     assert taken
     phase0_end = Counter(partition_of(b.symbol) for b in phases[0])
     before = features_high_water(provisioned, kafka_bootstrap)
-    feeder = feeding(provisioned, kafka_bootstrap, phases[2], per_s=300)
+    killed = threading.Event()
+    hold = len(phases[2]) // 2  # the rest of phase 2 comes after the kill
+    feeder = feeding(provisioned, kafka_bootstrap, phases[2], per_s=300, holds={hold: killed})
     wait_for(
         lambda: (
             features_high_water(provisioned, kafka_bootstrap) > before + 300
@@ -276,9 +323,11 @@ def test_two_workers_split_the_symbols_and_a_survivor_takes_over_a_killed_one(
         "the second worker to be busy with phase 2, committed past phase 0",
         [two],
     )
-    assert feeder.is_alive()
+    assert feeder.sent <= hold  # held: the stream is not over
     two.kill9()
+    killed.set()
     feeder.join(120)
+    assert not feeder.is_alive()
     expected = reference(phases[0] + phases[1] + phases[2])
     got = wait_for_features(provisioned, kafka_bootstrap, expected, [one])
     assert_equal_to_reference(got, expected)

@@ -125,18 +125,29 @@ def test_a_steady_stream_puts_every_bar_on_the_topic_once(
                 clock = ManualClock(T0 + timedelta(seconds=1))
                 async with running(provisioned, kafka_bootstrap, stream, rest, clock,
                                    gap_check_interval_s=60.0) as conn:
+                    due = conn.detector.due
+
+                    def recorded(now: datetime) -> dict[str, list[datetime]]:
+                        checks.append((conn.detector.window(now), out := due(now)))
+                        return out
+
+                    conn.detector.due = recorded  # type: ignore[method-assign]
                     await wait_until(lambda: stream.subscribed_clients == 1, what="subscription")
                     for m in range(10):
                         await send_minute(stream, clock, conn, m)
-                    await wait_until(lambda: len(clock.sleeps) > 20, what="gap timer ticks")
+                    clock.advance(30)  # minute 9 settled too: every minute sent is due for a check
+                    await wait_until(lambda: any(a <= T0 and b >= T0 + 10 * M for (a, b), _ in checks),
+                                     what="a gap check over every minute sent")
                 return conn
 
+    checks: list[tuple[tuple[datetime, datetime], dict[str, list[datetime]]]] = []
     conn = asyncio.run(scenario())
     bars = topic_bars(provisioned, kafka_bootstrap)
     assert Counter((b.symbol, b.ts) for b in bars) == {(s, T0 + m * M): 1 for s in SYMBOLS for m in range(10)}
     assert {(b.source, b.revision) for b in bars} == {("live", 0)}
     assert conn.intake.stats.backfill == 0 and conn.intake.stats.rejected == 0
-    assert all(not r.filled for r in conn.stats.gap_reports)  # the timer found no false gaps
+    # the timer checked every minute sent and found no gap (so asked REST nothing)
+    assert [window for window, missing in checks if missing] == [] and conn.stats.gap_reports == []
 
 
 def test_an_updated_bar_is_a_second_record_with_a_higher_revision_across_restarts(

@@ -274,8 +274,10 @@ def test_the_rss_stage_polls_until_stopped(
     try:
         assert wait_for_news(settings, kafka_bootstrap, 3) == 3
         hits = server.hits["/live.xml"]
-        while server.hits["/live.xml"] < hits + 2 and worker.is_alive():
+        deadline = time.monotonic() + 30
+        while server.hits["/live.xml"] < hits + 2 and worker.is_alive() and time.monotonic() < deadline:
             time.sleep(0.1)  # it keeps polling (and gets 304s)
+        assert server.hits["/live.xml"] >= hits + 2, "the stage stopped polling"
     finally:
         stop.set()
         worker.join(30)
@@ -283,16 +285,37 @@ def test_the_rss_stage_polls_until_stopped(
     assert len(news(settings, kafka_bootstrap)) == 3
 
 
+class CountingEvent(threading.Event):
+    """A stop event that counts how often the stage waited on it or looked at it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = self.checks = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        return super().is_set()
+
+
 def test_the_rss_stage_idles_without_feeds(provisioned: Settings, kafka_bootstrap: str) -> None:
-    stop = threading.Event()
+    """No feeds: one blocking wait on the stop event, not a loop of short ones."""
+    stop = CountingEvent()
     worker = threading.Thread(
         target=run_rss,
         args=(provisioned, Endpoints(kafka_bootstrap, "", None, embedded=False), stop),
         daemon=True,
     )
     worker.start()
-    worker.join(0.5)
-    assert worker.is_alive()  # not crashed, not spinning out
+    deadline = time.monotonic() + 10
+    while stop.waits == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # long enough for a spinning loop to wait or check thousands of times
+    assert worker.is_alive(), "the stage returned without being stopped"
+    assert (stop.waits, stop.checks) == (1, 0), f"{stop.waits} waits, {stop.checks} checks in 0.5 s"
     stop.set()
     worker.join(10)
     assert not worker.is_alive()

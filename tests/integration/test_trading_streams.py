@@ -3,6 +3,7 @@ objects in-process, and nothing new (or lost) after a restart."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -78,6 +79,8 @@ def test_watchlist_agent_publishes_what_the_builder_computes(
 def test_position_agent_projects_executions_in_any_partition_order(
     provisioned: Settings, kafka_bootstrap: str, produce: RecordProducer
 ) -> None:
+    """Every exit is on the topic, and consumed, before any entry: the agent sees each round trip
+    backwards (executions are keyed by recommendation, so a round trip spans partitions)."""
     feats = session_features(SYMBOLS, 240)
     rule = SignalRule()
     desk = AccountDesk(replace(LARGE_100K, min_confidence=0.2), TradingCalendar())
@@ -89,15 +92,15 @@ def test_position_agent_projects_executions_in_any_partition_order(
             history.append(e)
         history.extend(desk.on_bar(f.symbol, f.ts, f.close, now))
     fills = [e for e in history if e.status == "SIMULATED"]
-    assert any(e.intent == "exit" for e in fills) and any(e.intent == "entry" for e in fills)
+    exits = [e for e in history if e.intent == "exit"]
+    entries = [e for e in history if e.intent != "exit"]
+    assert len(exits) >= 2 and {e.symbol for e in exits} <= {e.symbol for e in fills if e.intent == "entry"}
     projection = PositionProjection({LARGE_100K.name: LARGE_100K.exits})
     for e in history:
         projection.apply(e)
     expected = {sym: projection.current(LARGE_100K.name, sym) for sym in SYMBOLS}
     expected = {s: p for s, p in expected.items() if p is not None}
-    for e in history:
-        produce.send(EXECUTIONS, e)
-    produce.flush()
+    assert {p.status for p in expected.values()} == {"CLOSED"} and len(expected) >= 2
 
     stage = _run(provisioned, kafka_bootstrap, position_agent, position_agent.register)
 
@@ -109,7 +112,26 @@ def test_position_agent_projects_executions_in_any_partition_order(
         return out
 
     group = provisioned.pipeline_topic_prefix + position_agent.APP_ID
-    run_until(stage, caught_up(provisioned, kafka_bootstrap, group, EXECUTIONS))
+    for e in exits:
+        produce.send(EXECUTIONS, e)
+    produce.flush()
+    exits_done = caught_up(provisioned, kafka_bootstrap, group, EXECUTIONS)
+    entries_done: list[Callable[[], bool]] = []
+
+    def exits_then_entries() -> bool:
+        """Once the exits are consumed (nothing to show yet: no entry), send the entries."""
+        if not entries_done:
+            if not exits_done():
+                return False
+            assert latest() == {}, "a position from exits alone"
+            for e in entries:
+                produce.send(EXECUTIONS, e)
+            produce.flush()
+            entries_done.append(caught_up(provisioned, kafka_bootstrap, group, EXECUTIONS))
+            return False
+        return entries_done[0]()
+
+    run_until(stage, exits_then_entries)
     assert latest() == expected
     # restarted over redelivered executions: the records stay the same
     for e in history[-5:]:

@@ -1,15 +1,19 @@
-"""Properties of the trading core: state round-trips, determinism, restart = no restart."""
+"""Properties of the trading core: state round-trips, determinism, restart = no restart. Every
+example that is about positions opens and closes at least one (`assume`), and every signal
+example compares recommendations made after the features warmed up."""
 
 from __future__ import annotations
 
 import json
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from schemas.records import Execution, Features, Recommendation
@@ -34,7 +38,11 @@ event = st.tuples(
     st.floats(0.0, 1.2),
     st.floats(90.0, 110.0),
 )
-events = st.lists(event, min_size=1, max_size=80).map(lambda evs: sorted(evs, key=lambda e: e[2]))
+# Long enough that most runs enter (from minute 5, confidence >= 0.7, BUY) and exit (stops,
+# targets, reversals, end of session); those that do not are discarded with `assume`.
+events = st.lists(event, min_size=40, max_size=100).map(lambda evs: sorted(evs, key=lambda e: e[2]))
+# the broker's answer to the n-th order, cycled; at least one fills
+broker_fills = st.lists(st.booleans(), min_size=1, max_size=5).map(lambda f: [*f, True])
 
 
 def _rec(symbol: str, action: str, ts: datetime, conf: float, close: float) -> Recommendation:
@@ -70,41 +78,60 @@ def run(desk: AccountDesk, evs: list[tuple[Any, ...]], fills: list[bool] | None 
 
 
 NO_TRAIL = ExitRules(trailing_stop_pct=None)  # the trail's high-water mark is not in executions
+# nor are the last closes, at which the close flattens held symbols (see the xfail test below)
+NO_FLATTEN = ExitRules(trailing_stop_pct=None, flat_at_close=False)
 
 
-def _desk(mode: str = "simulate", tiny: bool = False) -> AccountDesk:
+def _desk(mode: str = "simulate", tiny: bool = False, exits: ExitRules = NO_TRAIL) -> AccountDesk:
     base = TINY_1K if tiny else LARGE_100K
-    config = replace(base, mode=cast(Mode, mode), exits=NO_TRAIL, daily_loss_limit=base.daily_loss_limit / 20)
+    # broker_truth off: there are no broker snapshots here, and with it alpaca entries fail closed
+    config = replace(base, mode=cast(Mode, mode), exits=exits, daily_loss_limit=base.daily_loss_limit / 20,
+                     broker_truth=False)
     return AccountDesk(config, CAL)
+
+
+def entered_and_exited(history: Sequence[Execution]) -> bool:
+    """At least one position opened and one closed: what makes a run about positions at all."""
+    done = [e for e in history if e.status in ("SIMULATED", "FILLED")]
+    return any(e.intent == "entry" for e in done) and any(e.intent == "exit" for e in done)
+
+
+def partition(e: Execution, partitions: int = 6) -> int:
+    """A stable stand-in for the key's partition (str hash() changes per process), so a failing
+    example reproduces."""
+    return zlib.crc32(e.key().encode()) % partitions
 
 
 @PROPS
 @given(evs=events, tiny=st.booleans())
 def test_same_inputs_same_decisions(evs: list[tuple[Any, ...]], tiny: bool) -> None:
-    assert run(_desk(tiny=tiny), evs) == run(_desk(tiny=tiny), evs)
+    first = run(_desk(tiny=tiny), evs)
+    assume(entered_and_exited(first))
+    assert first == run(_desk(tiny=tiny), evs)
 
 
 def _as_partitions(history: list[Execution]) -> list[Execution]:
     """The executions topic as a restart reads it: partition after partition, each in order."""
     parts: dict[int, list[Execution]] = {}
     for e in history:
-        parts.setdefault(hash(e.key()) % 6, []).append(e)
+        parts.setdefault(partition(e), []).append(e)
     return [e for p in sorted(parts) for e in parts[p]]
 
 
 @PROPS
-@given(evs=events, cut=st.integers(0, 80), mode=st.sampled_from(("simulate", "alpaca-paper")),
-       fills=st.lists(st.booleans(), min_size=1, max_size=5))
+@given(data=st.data(), evs=events, mode=st.sampled_from(("simulate", "alpaca-paper")), fills=broker_fills)
 def test_restart_from_the_executions_topic_changes_nothing(
-    evs: list[tuple[Any, ...]], cut: int, mode: str, fills: list[bool]
+    data: st.DataObject, evs: list[tuple[Any, ...]], mode: str, fills: list[bool]
 ) -> None:
-    cut = min(cut, len(evs))
+    """Stops, targets and reversals (flattening at the close is the xfail test below)."""
     f = fills if mode != "simulate" else None
-    live = _desk(mode)
+    live = _desk(mode, exits=NO_FLATTEN)
     full = run(live, evs, f)
-    before = _desk(mode)
+    assume(entered_and_exited(full))
+    cut = data.draw(st.integers(1, len(evs) - 1), label="restart after event")
+    before = _desk(mode, exits=NO_FLATTEN)
     history = run(before, evs[:cut], f)
-    restarted = _desk(mode)
+    restarted = _desk(mode, exits=NO_FLATTEN)
     restarted.rebuild(_as_partitions(history))
     # the redelivered tail (the whole prefix again) decides nothing twice
     assert run(restarted, evs[:cut], f) == []
@@ -127,7 +154,7 @@ def _without_marks(state: dict[str, Any]) -> dict[str, Any]:
 @given(evs=events)
 def test_account_state_round_trips_through_json(evs: list[tuple[Any, ...]]) -> None:
     desk = _desk()
-    run(desk, evs)
+    assume(entered_and_exited(run(desk, evs)))
     state = json.loads(json.dumps(desk.state.to_state()))
     assert AccountState.from_state(state, NO_TRAIL).to_state() == desk.state.to_state()
 
@@ -149,15 +176,24 @@ def _features(closes: list[float], seed: int) -> list[Features]:
 
 
 @PROPS
-@given(closes=prices, seed=st.integers(0, 2**16), cut=st.integers(0, 140))
-def test_signal_rule_round_trips_mid_stream(closes: list[float], seed: int, cut: int) -> None:
+@given(data=st.data(), closes=prices, seed=st.integers(0, 2**16))
+def test_signal_rule_round_trips_mid_stream(data: st.DataObject, closes: list[float], seed: int) -> None:
+    """Cut between two recommendations: the restored rule carries a cooldown and decides again."""
     feats = _features(closes, seed)
+    reference = SignalRule()
+    made = [i for i, f in enumerate(feats) if reference.on_features(f) is not None]
+    assume(len(made) >= 2)
+    cut = data.draw(st.integers(made[0] + 1, made[-1]), label="restart before feature")
     a = SignalRule()
     for f in feats[:cut]:
         a.on_features(f)
     b = SignalRule.from_state(json.loads(json.dumps(a.to_state())))
+    after = 0
     for f in feats[cut:]:
-        assert a.on_features(f) == b.on_features(f)
+        rec = a.on_features(f)
+        assert rec == b.on_features(f)
+        after += rec is not None
+    assert after >= 1
 
 
 @dataclass
@@ -196,32 +232,56 @@ def test_watchlist_does_not_depend_on_interleaving(seed: int, lag: int, minutes:
         cursors[s] += 1
     got_b = WatchlistBuilder(cfg)
     got = [e for b in shuffled for e in got_b.on_features(b)] + got_b.flush()
-    assert got == expected
+    assert expected and got == expected
+
+
+def first_round_trips(history: Sequence[Execution]) -> tuple[list[Execution], set[str]]:
+    """Each symbol's executions up to its first filled exit, and the symbols that traded again."""
+    out: list[Execution] = []
+    closed: set[str] = set()
+    again: set[str] = set()
+    for e in history:
+        if e.symbol in closed:
+            again.add(e.symbol)
+            continue
+        out.append(e)
+        if e.intent == "exit" and e.status in ("SIMULATED", "FILLED"):
+            closed.add(e.symbol)
+    return out, again
+
+
+def _interleaved(history: Sequence[Execution], seed: int) -> list[Execution]:
+    """The executions topic's partitions interleaved at random, each partition in its own order."""
+    parts: dict[int, list[Execution]] = {}
+    for e in history:
+        parts.setdefault(partition(e), []).append(e)
+    rnd = random.Random(seed)
+    queues = [list(p) for p in parts.values()]
+    out = []
+    while any(queues):
+        q = rnd.choice([q for q in queues if q])
+        out.append(q.pop(0))
+    return out
 
 
 @PROPS
-@given(evs=events, mode=st.sampled_from(("simulate", "alpaca-paper")),
-       fills=st.lists(st.booleans(), min_size=1, max_size=5), seed=st.integers(0, 2**16))
-def test_positions_projection_does_not_depend_on_partition_order(
+@given(evs=events, mode=st.sampled_from(("simulate", "alpaca-paper")), fills=broker_fills,
+       seed=st.integers(0, 2**16))
+def test_positions_projection_of_a_round_trip_per_symbol_does_not_depend_on_partition_order(
     evs: list[tuple[Any, ...]], mode: str, fills: list[bool], seed: int
 ) -> None:
+    """Up to each symbol's first exit (a second round trip of a symbol is the case below)."""
     from trading.positions import PositionProjection
 
     desk = _desk(mode)
-    history = run(desk, evs, fills if mode != "simulate" else None)
+    history, again = first_round_trips(run(desk, evs, fills if mode != "simulate" else None))
+    assume(entered_and_exited(history))
     in_order = PositionProjection({"large-100k": NO_TRAIL})
     for e in history:
         in_order.apply(e)
-    # partitions interleaved at random, each partition in its own order
-    parts: dict[int, list[Execution]] = {}
-    for e in history:
-        parts.setdefault(hash(e.key()) % 6, []).append(e)
-    rnd = random.Random(seed)
-    queues = [list(p) for p in parts.values()]
     shuffled = PositionProjection({"large-100k": NO_TRAIL})
-    while any(queues):
-        q = rnd.choice([q for q in queues if q])
-        shuffled.apply(q.pop(0))
+    for e in _interleaved(history, seed):
+        shuffled.apply(e)
     for sym in SYMBOLS:
         a, b = in_order.current("large-100k", sym), shuffled.current("large-100k", sym)
         assert (a is None) == (b is None)
@@ -229,5 +289,46 @@ def test_positions_projection_does_not_depend_on_partition_order(
             assert (a.status, a.qty, a.avg_price, a.realized_pnl, a.exit_reason) == \
                 (b.status, b.qty, b.avg_price, b.realized_pnl, b.exit_reason)
         desk_pos = desk.state.book.get(sym)
-        if desk_pos is not None and desk_pos.status != "PENDING":
+        if sym not in again and desk_pos is not None and desk_pos.status != "PENDING":
             assert a is not None and a.status == "OPEN" and a.qty == desk_pos.qty * desk_pos.side
+
+
+@pytest.mark.xfail(strict=True, reason="PositionProjection settles a symbol once flat: the exit of a "
+                   "second round trip, arriving before the first round trip's exit, closes the first "
+                   "entry, and the second entry then stays OPEN")
+def test_positions_projection_of_two_round_trips_does_not_depend_on_partition_order() -> None:
+    """Found by the property above once its runs filled and exited: enter, take profit, enter
+    again, take profit again; the second exit arrives first (the four are keyed apart)."""
+    from trading.positions import PositionProjection
+
+    evs = [("rec", 0, 128, "BUY", 1.2, 90.0), ("bar", 0, 151, "BUY", 0.0, 107.86),
+           ("rec", 0, 155, "BUY", 1.05, 90.0), ("bar", 0, 182, "BUY", 0.0, 102.1)]
+    history = [e for e in run(_desk(), evs) if e.status == "SIMULATED"]
+    assert [e.intent for e in history] == ["entry", "exit", "entry", "exit"]
+    entry1, exit1, entry2, exit2 = history
+    rules = {"large-100k": NO_TRAIL}
+    in_order, reordered = PositionProjection(rules), PositionProjection(rules)
+    for e in history:
+        in_order.apply(e)
+    for e in (exit2, entry1, exit1, entry2):
+        reordered.apply(e)
+    a, b = in_order.current("large-100k", "AAPL"), reordered.current("large-100k", "AAPL")
+    assert a is not None and a.status == "CLOSED"
+    assert b is not None and (b.status, b.qty, b.realized_pnl) == (a.status, a.qty, a.realized_pnl)
+
+
+@pytest.mark.xfail(strict=True, reason="AccountDesk.rebuild restores no closes: after a restart the "
+                   "close flattens a symbol with no bar since at its average price, not at its last close")
+def test_restart_before_the_close_flattens_at_the_same_price() -> None:
+    """Found by the restart property once its runs filled and exited: MSFT bought, its take-profit
+    order rejected, a restart, then no MSFT bar before the close flattens it."""
+    evs = [("rec", 1, 4, "BUY", 1.0, 90.0), ("bar", 1, 5, "BUY", 0.0, 94.0),
+           ("bar", 0, 374, "BUY", 0.0, 90.0)]
+    fills, cut = [True, False, True], 2  # the entry fills, the take-profit is rejected, the flatten fills
+    full = run(_desk("alpaca-paper"), evs, fills)
+    restarted = _desk("alpaca-paper")
+    restarted.rebuild(_as_partitions(run(_desk("alpaca-paper"), evs[:cut], fills)))
+    after = run(restarted, evs[cut:], fills, start=cut)
+    assert [(e.intent, e.status) for e in after] == [("exit", "SUBMITTED"), ("exit", "FILLED")]
+    assert (after[0].price, after[1].price) == (full[-2].price, full[-1].price)  # MSFT's last close, 94
+    assert after == full[-2:]

@@ -33,7 +33,7 @@ def _all_samples() -> list[tuple[str, Record]]:
     return [*samples, ("market.bars.1m.dlq", letter)]
 
 
-@pytest.mark.parametrize("codec", _codecs(), ids=["headers", "registry"])
+@pytest.mark.parametrize("codec", _codecs(), ids=["headers", "mock-registry"])
 @pytest.mark.parametrize("topic,record", _all_samples(), ids=[t for t, _ in _all_samples()])
 def test_every_record_round_trips(codec: HeaderCodec | RegistryCodec, topic: str, record: Record) -> None:
     value, headers = codec.encode(topic, record)
@@ -51,7 +51,7 @@ def test_header_framing_names_schema_and_version() -> None:
     assert dict(headers) == {"ops.schema": b"ops.pipeline.Bar", "ops.schema.version": b"1"}
 
 
-def test_registry_framing_is_confluent_wire_format() -> None:
+def test_mock_registry_framing_is_confluent_wire_format() -> None:
     value, headers = RegistryCodec("mock://wire").encode("bars", sample_records(TS)["market.bars.1m"])
     assert value[0] == 0 and int.from_bytes(value[1:5], "big") >= 1
     assert headers == []
@@ -85,7 +85,7 @@ def test_trailing_bytes_of_a_known_version_are_an_error() -> None:
         decode(codec, Bar, value + b"\x00", headers, topic="t", partition=0, offset=1)
 
 
-def test_registry_codec_rejects_unframed_bytes() -> None:
+def test_registry_codec_rejects_unframed_bytes_mock_registry() -> None:
     with pytest.raises(DecodeError, match="magic"):
         decode(RegistryCodec("mock://x"), Bar, b"\x08AAPL", [], topic="t", partition=1, offset=5)
 
@@ -149,7 +149,7 @@ def test_header_framing_new_writer_old_reader(tmp_path: Path) -> None:
     assert decode(old, ThingV1, value, headers, topic="t") == ThingV1("x", 5)
 
 
-def test_registry_framing_evolves_both_ways(tmp_path: Path) -> None:
+def test_registry_framing_evolves_both_ways_mock_registry(tmp_path: Path) -> None:
     client = SchemaRegistryClient.new_client({"url": "mock://evolution"})
     old = RegistryCodec("mock://evolution", _schema_dir(tmp_path / "old", V1, []), client=client)
     new = RegistryCodec("mock://evolution", _schema_dir(tmp_path / "new", V2, [V1]), client=client)
@@ -160,39 +160,74 @@ def test_registry_framing_evolves_both_ways(tmp_path: Path) -> None:
     assert v1_bytes[1:5] != v2_bytes[1:5]  # two registered versions
 
 
-def test_contract_history_only_appends_fields_with_defaults() -> None:
-    """The rule that keeps header-framed old readers working, checked on the real schemas."""
-    schemas = SchemaSet.load()
-    for name, current in schemas.current.items():
-        released = [s for s in schemas.history if s.name == name]
-        assert released, f"{name} has no released version in schemas/history/"
-        cur_fields = json.loads(current.text)["fields"]
-        for old in released:
-            assert old.version <= current.version, f"{name} v{old.version} is newer than the current schema"
-            old_fields = json.loads(old.text)["fields"]
-            assert cur_fields[: len(old_fields)] == old_fields, f"{name} v{old.version} not a prefix"
-            for added in cur_fields[len(old_fields) :]:
-                assert "default" in added, f"{name}.{added['name']} added without a default"
-
-
-def test_history_holds_the_current_version_of_every_schema_as_it_is() -> None:
-    """A schema changed without a new ops.version fails here: its released copy differs."""
-    schemas = SchemaSet.load()
+def history_problems(schemas: SchemaSet) -> tuple[list[str], int]:
+    """What breaks the evolution rules, and how many (current, released) pairs were compared:
+    a released version equal to the current one must be identical to it (a change needs a new
+    ops.version); an older one must be a prefix of the current fields, the rest defaulted."""
+    problems, compared = [], 0
     released = {(s.name, s.version): s for s in schemas.history}
     for name, current in schemas.current.items():
-        copy = released.get((name, current.version))
-        assert copy is not None, f"{name}.v{current.version}.avsc missing from schemas/history/"
-        same = json.loads(copy.text) == json.loads(current.text)
-        assert same, f"{name} changed but is still v{current.version}: give it a new version"
+        if (name, current.version) not in released:
+            problems.append(f"{name}.v{current.version}.avsc missing from schemas/history/")
+        cur = json.loads(current.text)
+        for old in (s for s in schemas.history if s.name == name):
+            compared += 1
+            was = json.loads(old.text)
+            if old.version > current.version:
+                problems.append(f"{name} v{old.version} is newer than the current v{current.version}")
+            elif old.version == current.version:
+                if was != cur:
+                    problems.append(f"{name} changed but is still v{current.version}: give it a new version")
+            elif cur["fields"][: len(was["fields"])] != was["fields"]:
+                problems.append(f"{name} v{old.version}'s fields are not a prefix of v{current.version}'s")
+            else:
+                problems += [
+                    f"{name}.{added['name']} added after v{old.version} without a default"
+                    for added in cur["fields"][len(was["fields"]) :]
+                    if "default" not in added
+                ]
+    return problems, compared
+
+
+def test_contract_history_only_appends_fields_with_defaults() -> None:
+    """The rule that keeps header-framed old readers working, checked on the real schemas: every
+    current schema has its released copy at its version, equal to it, and older copies only lack
+    defaulted fields at the end."""
+    schemas = SchemaSet.load()
+    problems, compared = history_problems(schemas)
+    assert problems == []
+    assert len(schemas.current) >= len(CONTRACT) and compared >= len(schemas.current), (
+        f"only {compared} comparisons for {len(schemas.current)} schemas: is schemas/history/ there?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "released", "problem"),
+    [
+        ({**V1, "fields": V1["fields"][::-1]}, [V1], "changed but is still v1"),  # a field moved
+        ({**V2, "fields": V2["fields"][::-1]}, [V1, {**V2, "fields": V2["fields"][::-1]}], "not a prefix"),
+        ({**V2, "fields": [*V1["fields"], {"name": "c", "type": "double"}]}, [V1], "without a default"),
+        (V2, [V1], "thing.v2.avsc missing"),
+        (V1, [V1, V2], "newer than the current"),
+    ],
+    ids=["moved-same-version", "moved-new-version", "no-default", "unreleased", "newer-released"],
+)
+def test_the_history_rules_fail_on_a_broken_schema(
+    tmp_path: Path, current: dict, released: list[dict], problem: str
+) -> None:
+    problems, compared = history_problems(_schema_dir(tmp_path, current, released))
+    assert compared == len(released)
+    assert any(problem in p for p in problems), problems
 
 
 def test_history_files_are_named_by_their_version() -> None:
     history = resources.files("schemas") / "history"
-    for entry in history.iterdir():
-        if entry.name.endswith(".avsc"):
-            raw = json.loads(entry.read_text("utf-8"))
-            stem = entry.name.split(".", 1)[0]
-            assert entry.name == f"{stem}.v{raw['ops.version']}.avsc", entry.name
+    names = [entry.name for entry in history.iterdir() if entry.name.endswith(".avsc")]
+    assert len(names) >= len(CONTRACT)
+    for name in names:
+        raw = json.loads((history / name).read_text("utf-8"))
+        stem = name.split(".", 1)[0]
+        assert name == f"{stem}.v{raw['ops.version']}.avsc", name
 
 
 def test_every_schema_matches_its_record_type() -> None:

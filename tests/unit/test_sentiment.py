@@ -36,8 +36,10 @@ def build_tiny_model(
     *,
     max_positions: int = 64,
     seed: int = 0,
+    always: int | None = None,
 ) -> Path:
-    """A random-weight BERT sequence classifier with a local vocab, saved like a hub model."""
+    """A random-weight BERT sequence classifier with a local vocab, saved like a hub model; with
+    `always`, its head answers that class id for every text."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
@@ -57,7 +59,13 @@ def build_tiny_model(
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
     )
-    BertForSequenceClassification(config).save_pretrained(path)
+    model = BertForSequenceClassification(config)
+    if always is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.zero_()
+            model.classifier.bias[always] = 10.0
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -115,10 +123,24 @@ def test_tiny_model_loads_lazily_once_and_classifies_in_batches(tiny_model: Path
     assert again == out[:3]  # deterministic: same text, same score, in or out of a batch
 
 
-def test_model_labels_map_case_insensitively(tmp_path: Path) -> None:
-    path = build_tiny_model(tmp_path / "m", {0: "Positive", 1: "NEGATIVE", 2: "Neutral"})
-    out = TransformersClassifier(str(path)).classify(["apple surge", "tesla crash"])
-    assert {s.label for s in out} <= {"positive", "negative", "neutral"}
+@pytest.mark.parametrize(
+    ("id2label", "always", "expected"),
+    [
+        ({0: "Positive", 1: "NEGATIVE", 2: "Neutral"}, 0, "positive"),
+        ({0: "Positive", 1: "NEGATIVE", 2: "Neutral"}, 1, "negative"),
+        ({0: "Positive", 1: "NEGATIVE", 2: "Neutral"}, 2, "neutral"),
+        ({0: "neutral", 1: "pos", 2: "neg"}, 2, "negative"),  # another model's order
+        ({0: "neutral", 1: "pos", 2: "neg"}, 1, "positive"),
+    ],
+)
+def test_model_labels_map_case_insensitively(
+    tmp_path: Path, id2label: dict[int, str], always: int, expected: str
+) -> None:
+    """Each class id comes out as its own label, whatever the model's order and spelling."""
+    path = build_tiny_model(tmp_path / "m", id2label, always=always)
+    out = TransformersClassifier(str(path)).classify(["apple surge", "tesla crash", ""])
+    assert [s.label for s in out] == [expected] * 3
+    assert all(s.score > 0.99 for s in out)
 
 
 def test_a_model_without_sentiment_labels_is_unavailable(tmp_path: Path) -> None:
