@@ -4,11 +4,11 @@ inconsistency it looks for."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.runbook import decision_checks
+from pipeline.runbook import decision_checks, execution_checks
 from schemas.records import Execution, Recommendation
 from tests.samples import sample_records
 
@@ -103,3 +103,36 @@ def test_an_exit_needs_no_signal_but_does_need_its_rows() -> None:
     rows = exec_rows | {(exit_id, exit_.account)}
     assert set(_checks([*execs, exit_], recs, rec_rows | {exit_id}, rows).values()) == {0}
     assert _checks([*execs, exit_], recs, rec_rows, rows)[ORPHAN] == 1
+
+TWICE = "executions topic: (recommendation, account) decided more than once"
+NO_BAR = "executions topic: records without bar_used_ts"
+STUCK = "executions topic: SUBMITTED with no final status after 5 min"
+
+
+def test_the_executions_topic_checks_pass_a_consistent_run() -> None:
+    execs, _, _, _ = _consistent()
+    assert execution_checks(execs) == {TWICE: 0, NO_BAR: 0, STUCK: 0}
+
+
+@pytest.mark.parametrize(("statuses", "twice"), [
+    (["SIMULATED"], 0), (["SUBMITTED", "SUBMITTED", "FILLED"], 0),
+    (["SIMULATED", "SIMULATED"], 1), (["FILLED", "SUBMITTED"], 1), (["SKIPPED", "SIMULATED"], 1),
+])  # fmt: skip
+def test_a_decision_written_twice_is_counted(statuses: list[str], twice: int) -> None:
+    execs, _, _, _ = _consistent()
+    execs = [*(replace(execs[0], status=s) for s in statuses), *execs[1:]]
+    assert execution_checks(execs)[TWICE] == twice
+
+
+def test_an_execution_without_its_bar_is_counted() -> None:
+    execs, _, _, _ = _consistent()
+    assert execution_checks([replace(execs[0], bar_used_ts=None), *execs[1:]])[NO_BAR] == 1
+
+
+def test_an_order_left_submitted_is_counted_after_five_minutes() -> None:
+    execs, _, _, _ = _consistent()
+    order = replace(execs[0], status="SUBMITTED")
+    at = order.decided_at
+    assert execution_checks([order], as_of=at + timedelta(minutes=4))[STUCK] == 0
+    assert execution_checks([order], as_of=at + timedelta(minutes=6))[STUCK] == 1
+    assert execution_checks([order, replace(order, status="FILLED")], as_of=at + timedelta(hours=1))[STUCK] == 0
