@@ -36,7 +36,7 @@ def test_contract_topics_are_created_once_with_their_config(settings: Settings, 
     assert infos[1].partitions == 1
 
 
-@pytest.mark.parametrize("framing", ["headers", "registry"])
+@pytest.mark.parametrize("framing", ["headers", "mock_registry"])
 def test_every_contract_record_round_trips_through_the_broker(
     provisioned: Settings, kafka_bootstrap: str, framing: str
 ) -> None:

@@ -296,7 +296,7 @@ def writers() -> tuple[RecordWriter, RegistryCodec, RecordWriter]:
 
 @settings(max_examples=300, deadline=None)
 @given(values=feature_values())
-def test_fast_writer_writes_the_codecs_bytes(
+def test_fast_writer_writes_the_codecs_bytes_headers_and_mock_registry(
     writers: tuple[RecordWriter, RegistryCodec, RecordWriter], values: Features
 ) -> None:
     header, registry_codec, registry = writers
