@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
-from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,12 +20,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from connectors.feeds import html_to_text
-from connectors.replay import FILE_COLUMNS, Rejected, counts_text, load_bar_file, prepare_bars, prepare_rows
+from connectors.replay import FILE_COLUMNS, BarColumns, Rejected, counts_text, gc_paused, load_bar_columns
 from opsinfra.endpoints import resolve
 from opsinfra.errors import InputError, PipelineError
+from opsinfra.kafka_io import read_to_end
 from opsinfra.settings import Settings
 from pipeline.notebook import _as_utc
-from pipeline.report import _fmt, write_html
+from pipeline.report import FORMATS, _fmt, json_default, write_html, write_records, write_rows
+from schemas.avro_fast import decode_columns
 from schemas.codec import make_codec
 from schemas.records import Bar, Execution, Features, NewsItem, Recommendation, Record, ScoredNews
 from schemas.topic_io import read_decoded
@@ -72,6 +74,28 @@ def checked_accounts(value: str | Path, source: str, error: type[PipelineError])
                 hint="inline JSON (a list of accounts) or the path of a .json or .toml file; see README")
 
 
+PHASES = ("load", "decode", "engine", "write")
+
+
+@dataclass
+class Phases:
+    """Seconds per phase of a run, for its summary: reading the input (file or topic), decoding it
+    into Bar records, the engine, writing the files; wall clock, and the process's CPU time (the
+    steadier figure on a busy machine)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+
+
 def load_bars(
     settings: Settings,
     *,
@@ -80,29 +104,50 @@ def load_bars(
     start: datetime | None,
     end: datetime | None,
     symbols: set[str] | None,
+    phases: Phases | None = None,
 ) -> tuple[list[Bar], list[Rejected]]:
-    """Bars in replay order ((ts, revision), stable, exact repeats dropped) and the rows rejected."""
-
+    """Bars in replay order ((ts, revision), stable, exact repeats dropped) and the rows rejected:
+    read and judged column-wise, selected, then made Bar records once."""
+    phases = phases or Phases()
+    rejected: list[Rejected] = []
     if bars_file is not None:
-        prep = prepare_rows(load_bar_file(bars_file))
+        with phases.timed("load"):
+            prep = load_bar_columns(bars_file)
+        columns, rejected = prep.columns, prep.rejected
     else:
         assert topic is not None
-        prep = prepare_bars([b for b in _read_topic(settings, topic, Bar) if isinstance(b, Bar)])
-    bars = [
-        b
-        for b in prep.bars
-        if (start is None or b.ts >= start)
-        and (end is None or b.ts < end)
-        and (symbols is None or b.symbol in symbols)
-    ]
-    return bars, prep.rejected
+        columns = _topic_bars(settings, topic, phases)
+    with phases.timed("decode"):
+        bars = columns.select(start, end, symbols).bars()
+    return bars, rejected
+
+
+def _topic_bars(settings: Settings, topic: str, phases: Phases) -> BarColumns:
+    """A topic's bars as columns in replay order (as `prepare_bars` orders records read back)."""
+    physical = _physical(settings, topic)
+    endpoints = resolve(settings, need_db=False)
+    values: list[bytes | None] = []
+    headers: list[Any] = []
+    with phases.timed("load"), gc_paused():  # a million messages kept: no collection need walk them
+        for m in read_to_end(settings, endpoints.kafka_bootstrap_servers, physical, quiet_s=0.5,
+                             until_ms=int(time.time() * 1000)):  # fmt: skip
+            values.append(m.value)
+            headers.append(m.headers)
+    with phases.timed("decode"):
+        decoded = decode_columns(make_codec(endpoints.schema_registry_url), Bar, physical, values, headers)
+        columns, _ = BarColumns.from_decoded(decoded.columns, decoded.index).ordered()
+    return columns
+
+
+def _physical(settings: Settings, topic: str) -> str:
+    return topic if topic.startswith(settings.pipeline_topic_prefix) else settings.topic(topic)
 
 
 def _read_topic(settings: Settings, topic: str, record_type: type[Record]) -> list[Record]:
 
     endpoints = resolve(settings, need_db=False)
     codec = make_codec(endpoints.schema_registry_url)
-    physical = topic if topic.startswith(settings.pipeline_topic_prefix) else settings.topic(topic)
+    physical = _physical(settings, topic)
     messages = read_decoded(
         settings, endpoints.kafka_bootstrap_servers, codec, record_type, physical,
         quiet_s=0.5, until_ms=int(time.time() * 1000),
@@ -170,75 +215,37 @@ def _text(html_or_text: str) -> str:
     return html_to_text(html_or_text)
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict | list):
-        return json.dumps(value, default=_json_default, sort_keys=True)
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "to_avro"):
-        return value.to_avro()
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:
-    n = 0
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
-            n += 1
-    return n
-
-
 def write_rejected(path: Path, rejected: Sequence[Rejected]) -> int:
     """rejected.csv: the row's number in the file, the kind of reason, the reason, the raw row."""
 
     raw = list(dict.fromkeys([*FILE_COLUMNS, *(k for r in rejected for k in r.row)]))
     rows = ({"row": r.number, "kind": r.label, "reason": r.reason, **r.row} for r in rejected)
-    return write_csv(path, ["row", "kind", "reason", *raw], rows)
+    return write_rows(path, ["row", "kind", "reason", *raw], rows)
+
+
+TRADE_COLUMNS = ["account", "symbol", "side", "qty", "entry_ts", "entry_price", "exit_ts", "exit_price",
+                 "pnl", "exit_reason", "entry_id", "exit_id"]
 
 
 def write_outputs(
-    out: Path, result: BacktestResult, title: str, rejected: Sequence[Rejected] | None = None
+    out: Path,
+    result: BacktestResult,
+    title: str,
+    rejected: Sequence[Rejected] | None = None,
+    fmt: str = "csv",
 ) -> dict[str, Any]:
-    """The result files; with `rejected` (rows of a bar file), rejected.csv and counts by reason too."""
+    """The result files (`fmt`: csv or parquet tables); with `rejected` (rows of a bar file),
+    rejected.csv and counts by reason too."""
 
     out.mkdir(parents=True, exist_ok=True)
     # by (bar time, symbol), stably: symbols of one minute come in whatever order the input interleaved
     # them (a topic's partitions are read at uneven paces), one symbol's records in their own order
-    by_time = attrgetter("ts", "symbol")
-    features = sorted(result.features, key=by_time)
-    write_csv(out / "features.csv", Features.field_names(), (f.to_avro() for f in features))
-    signals = sorted(result.signals, key=by_time)
-    write_csv(out / "signals.csv", Recommendation.field_names(), (r.to_avro() for r in signals))
-    write_csv(out / "executions.csv", Execution.field_names(), (e.to_avro() for e in result.executions))
+    write_records(out / f"features.{fmt}", Features, result.features, fmt, by_time=True)
+    write_records(out / f"signals.{fmt}", Recommendation, result.signals, fmt, by_time=True)
+    write_records(out / f"executions.{fmt}", Execution, result.executions, fmt)
     trades = [t for led in result.ledgers.values() for t in led.trades]
-    trade_cols = (
-        list(trades[0].to_row())
-        if trades
-        else [
-            "account",
-            "symbol",
-            "side",
-            "qty",
-            "entry_ts",
-            "entry_price",
-            "exit_ts",
-            "exit_price",
-            "pnl",
-            "exit_reason",
-            "entry_id",
-            "exit_id",
-        ]
-    )
-    write_csv(out / "trades.csv", trade_cols, (t.to_row() for t in trades))
+    trade_cols = list(trades[0].to_row()) if trades else TRADE_COLUMNS
+    write_rows(out / f"trades.{fmt}", trade_cols, (t.to_row() for t in trades), fmt)
     accounts = result.summaries()
     summary: dict[str, Any] = {
         "accounts": accounts,
@@ -254,7 +261,6 @@ def write_outputs(
         if result.skipped_bars > len(rejected):  # out of order for the feature engine
             by_reason["out of order or invalid for the features"] += result.skipped_bars - len(rejected)
         summary["rejected_by_reason"] = dict(by_reason.most_common())
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
     write_html(
         out / "report.html",
         title,
@@ -265,7 +271,12 @@ def write_outputs(
             "Sharpe on per-minute equity returns, annualised with sqrt(252 x 390).",
         ],
     )
+    write_summary(out, summary)
     return summary
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -283,6 +294,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary.get("rejected_by_reason"):
         console.print(f"{summary['bars_rejected']} row(s) rejected (see rejected.csv): "
                       f"{counts_text(summary['rejected_by_reason'])}", soft_wrap=True)
+    phases, cpu = summary.get("phases_s"), summary.get("phases_cpu_s", {})
+    if phases:
+        total = sum(phases.values())
+        console.print("phases (wall / CPU): " + ", ".join(f"{name} {s:.2f}/{cpu.get(name, 0):.2f}s"
+                                                      for name, s in phases.items())
+                      + f"; total {total:.2f}/{sum(cpu.values()):.2f}s, "
+                      f"{summary['bars_processed'] / total if total else 0:,.0f} bars/s", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -305,6 +323,9 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Account names (of PIPELINE_ACCOUNTS), or a JSON/TOML accounts file."),
         ] = None,
+        format: Annotated[  # noqa: A002 - the option's name
+            str, typer.Option("--format", help="Tables as csv or parquet (rejected.csv stays CSV).")
+        ] = "csv",
     ) -> None:
         """Run features, signals, gates, fills and positions over bars in-process (bar time as the clock)."""
 
@@ -312,50 +333,67 @@ def register(app: typer.Typer) -> None:
         if (bars is None) == (topic is None):
             raise InputError("give exactly one of --bars FILE or --topic TOPIC",
                              hint="see `ops-pipeline backtest --help`")
-        configured = accounts_from_settings(settings)
-        if accounts and Path(accounts).exists():
-            chosen = checked_accounts(Path(accounts), f"--accounts {accounts}", InputError)
-        elif accounts:
-            names = [a.strip() for a in accounts.split(",") if a.strip()]
-            unknown = [n for n in names if n not in {a.name for a in configured}]
-            if unknown:
-                raise InputError(f"unknown account(s) {', '.join(unknown)}",
-                                 hint=f"configured: {', '.join(a.name for a in configured)}; or give a file")
-            chosen = tuple(a for a in configured if a.name in names)
-        else:
-            chosen = configured
-        wanted = {s.strip().upper() for s in symbols.split(",")} if symbols else None
-        lo, hi = _option_time("--start", start), _option_time("--end", end)
-        bar_list, rejected = load_bars(
-            settings, bars_file=bars, topic=topic, start=lo, end=hi, symbols=wanted
-        )
-        scored = load_news(settings, news_file=news, topic=news_topic)
-        calendar = TradingCalendar()
-        bt = Backtester(chosen, calendar, strategy_from_settings(settings))
-        bt.add_news(scored)
-        if bar_list:
-            calendar.session(bar_list[0].ts.date())  # load the calendar before the clock starts
-        with Progress(
-            TextColumn("backtest"),
-            BarColumn(),
-            TextColumn("{task.completed:,}/{task.total:,} bars"),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress:
-            task = progress.add_task("bars", total=len(bar_list), rate="")
-            t0 = time.perf_counter()
+        if format not in FORMATS:
+            raise InputError(f"--format {format}: not a format", hint=f"one of {', '.join(FORMATS)}")
+        _run(settings, out, bars, topic, news, news_topic, start, end, symbols, accounts, format)
 
-            def tick(n: int) -> None:
-                rate = n / max(time.perf_counter() - t0, 1e-9)
-                progress.update(task, completed=n, rate=f"{rate:,.0f} bars/s")
 
+def _run(
+    settings: Settings, out: Path, bars: Path | None, topic: str | None, news: Path | None,
+    news_topic: str | None, start: str | None, end: str | None, symbols: str | None, accounts: str | None,
+    fmt: str,
+) -> None:
+    phases = Phases()
+    chosen = _accounts(settings, accounts)
+    wanted = {s.strip().upper() for s in symbols.split(",")} if symbols else None
+    lo, hi = _option_time("--start", start), _option_time("--end", end)
+    bar_list, rejected = load_bars(
+        settings, bars_file=bars, topic=topic, start=lo, end=hi, symbols=wanted, phases=phases
+    )
+    scored = load_news(settings, news_file=news, topic=news_topic)
+    calendar = TradingCalendar()
+    bt = Backtester(chosen, calendar, strategy_from_settings(settings))
+    bt.add_news(scored)
+    if bar_list:
+        calendar.session(bar_list[0].ts.date())  # load the calendar before the clock starts
+    with Progress(
+        TextColumn("backtest"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} bars"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("bars", total=len(bar_list), rate="")
+        t0 = time.perf_counter()
+
+        def tick(n: int) -> None:
+            rate = n / max(time.perf_counter() - t0, 1e-9)
+            progress.update(task, completed=n, rate=f"{rate:,.0f} bars/s")
+
+        with phases.timed("engine"):
             result = bt.run(bar_list, progress=tick)
-            progress.update(task, completed=len(bar_list), rate=f"{result.bars_per_s or 0:,.0f} bars/s")
-        result.skipped_bars += len(rejected)
-        summary = write_outputs(out, result, f"ops-pipeline backtest ({len(bar_list)} bars)", rejected)
-        print_summary(summary)
-        console.print(
-            f"wrote {out}/: features.csv signals.csv executions.csv trades.csv rejected.csv summary.json "
-            "report.html"
-        )
+        progress.update(task, completed=len(bar_list), rate=f"{result.bars_per_s or 0:,.0f} bars/s")
+    result.skipped_bars += len(rejected)
+    with phases.timed("write"), gc_paused():
+        summary = write_outputs(out, result, f"ops-pipeline backtest ({len(bar_list)} bars)", rejected, fmt)
+    summary["phases_s"] = {k: round(phases.seconds[k], 3) for k in PHASES if k in phases.seconds}
+    summary["phases_cpu_s"] = {k: round(phases.cpu[k], 3) for k in PHASES if k in phases.cpu}
+    write_summary(out, summary)
+    print_summary(summary)
+    names = " ".join(f"{n}.{fmt}" for n in ("features", "signals", "executions", "trades"))
+    console.print(f"wrote {out}/: {names} rejected.csv summary.json report.html")
+
+
+def _accounts(settings: Settings, accounts: str | None) -> tuple[AccountConfig, ...]:
+    configured = accounts_from_settings(settings)
+    if accounts and Path(accounts).exists():
+        return checked_accounts(Path(accounts), f"--accounts {accounts}", InputError)
+    if not accounts:
+        return configured
+    names = [a.strip() for a in accounts.split(",") if a.strip()]
+    unknown = [n for n in names if n not in {a.name for a in configured}]
+    if unknown:
+        raise InputError(f"unknown account(s) {', '.join(unknown)}",
+                         hint=f"configured: {', '.join(a.name for a in configured)}; or give a file")
+    return tuple(a for a in configured if a.name in names)

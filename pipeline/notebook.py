@@ -5,17 +5,18 @@ records' own time (never offsets_for_times); `read_table` reaches history beyond
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import sql
-
+from connectors.replay import gc_paused
 from opsinfra.endpoints import resolve
 from opsinfra.errors import DecodeError
+from opsinfra.kafka_io import Consumed, read_to_end
 from opsinfra.settings import Settings
-from schemas.codec import make_codec
-from schemas.topic_io import read_decoded
+from schemas.avro_fast import Column, Decoded, Unsupported, decode_columns
+from schemas.codec import Codec, decode, make_codec
+from schemas.records import Record
 from schemas.topics import spec as topic_spec
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ _SYMBOL_FIELD = {
     "execution": "symbol",
     "position": "symbol",
 }
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 _TABLE_TIME = {
     "lane_telemetry": "ts",
     "lane_features": "ts",
@@ -86,51 +89,166 @@ def read_topic(
     `_timestamp` (broker time) and `_key` columns; `start` inclusive, `end` exclusive, on the
     record's own time (bar ts, news published, ...). Undecodable records are skipped and counted
     in `df.attrs["undecodable"]`."""
-    import pandas as pd
-
     settings = settings or Settings()
     endpoints = resolve(settings, need_db=False)
     spec = topic_spec(topic, settings.pipeline_topic_prefix)
     physical = settings.topic(spec.name)
     codec = make_codec(endpoints.schema_registry_url)
-    lo, hi = _as_utc(start), _as_utc(end)
-    wanted = {symbols.upper()} if isinstance(symbols, str) else {s.upper() for s in symbols or ()}
-    time_field = _TIME_FIELD.get(spec.record.SCHEMA)
-    symbol_field = _SYMBOL_FIELD.get(spec.record.SCHEMA)
-
-    rows: list[dict[str, Any]] = []
-    bad = 0
-    messages = read_decoded(
-        settings, endpoints.kafka_bootstrap_servers, codec, spec.record, physical,
-        quiet_s=0.5, until_ms=int(time.time() * 1000),
+    query = _Query(
+        lo=_as_utc(start), hi=_as_utc(end),
+        wanted={symbols.upper()} if isinstance(symbols, str) else {s.upper() for s in symbols or ()},
+        time_field=_TIME_FIELD.get(spec.record.SCHEMA), symbol_field=_SYMBOL_FIELD.get(spec.record.SCHEMA),
+        limit=limit, columns=[*spec.record.field_names(), "_partition", "_offset", "_timestamp", "_key"],
     )  # fmt: skip
-    for msg, rec in messages:
-        if isinstance(rec, DecodeError):
-            bad += 1
-            continue
-        row = rec.to_avro()
-        if time_field is not None:
-            when = row[time_field]
-            if (lo is not None and when < lo) or (hi is not None and when >= hi):
-                continue
-        if wanted and symbol_field is not None and str(row[symbol_field]).upper() not in wanted:
-            continue
-        row.update(
-            _partition=msg.partition,
-            _offset=msg.offset,
-            _timestamp=msg.timestamp,
-            _key=msg.key.decode("utf-8", "replace") if msg.key is not None else None,
-        )
-        rows.append(row)
-    if time_field is not None:
-        rows.sort(key=lambda r: (r[time_field], r["_partition"], r["_offset"]))
-    if limit is not None:
-        rows = rows[:limit]
-    columns = [*spec.record.field_names(), "_partition", "_offset", "_timestamp", "_key"]
-    df = pd.DataFrame(rows, columns=columns)
+    batch = _Batch()
+    with gc_paused():
+        for m in read_to_end(settings, endpoints.kafka_bootstrap_servers, physical, quiet_s=0.5,
+                             until_ms=int(time.time() * 1000)):  # fmt: skip
+            batch.add(m)
+        try:
+            decoded = decode_columns(codec, spec.record, physical, batch.values, batch.headers,
+                                     partitions=batch.partitions, offsets=batch.offsets)  # fmt: skip
+        except Unsupported:  # a record with nested fields: record by record
+            df, bad = _frame_of_records(codec, spec.record, physical, batch, query)
+        else:
+            df, bad = _frame_of_columns(decoded, batch, query), len(decoded.errors)
     df.attrs["topic"] = physical
     df.attrs["undecodable"] = bad
     return df
+
+
+@dataclass
+class _Query:
+    lo: datetime | None
+    hi: datetime | None
+    wanted: set[str]
+    time_field: str | None
+    symbol_field: str | None
+    limit: int | None
+    columns: list[str]
+
+
+@dataclass
+class _Batch:
+    """The messages read, as columns of their parts."""
+
+    values: list[bytes | None] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+
+    def add(self, m: Consumed) -> None:
+        self.values.append(m.value)
+        self.headers.append(m.headers)
+        self.partitions.append(m.partition)
+        self.offsets.append(m.offset)
+        self.timestamps.append(m.timestamp_ms)
+        self.keys.append(m.key)
+
+
+def _frame_of_columns(decoded: Decoded, batch: _Batch, q: _Query) -> pd.DataFrame:
+    """The DataFrame pandas would build from the decoded records' dicts, built from columns."""
+    import numpy as np
+    import pandas as pd
+
+    cols, at = decoded.columns, decoded.index
+    partition = np.asarray(batch.partitions, np.int64)[at]
+    offset = np.asarray(batch.offsets, np.int64)[at]
+    keep = np.ones(len(at), bool)
+    if q.time_field is not None:
+        when = cols[q.time_field].values
+        if q.lo is not None:
+            keep &= when >= (q.lo - _EPOCH) // _US
+        if q.hi is not None:
+            keep &= when < (q.hi - _EPOCH) // _US
+    if q.wanted and q.symbol_field is not None:
+        sym = cols[q.symbol_field]
+        keep &= np.isin(sym.values, [i for i, s in enumerate(sym.labels or ()) if str(s).upper() in q.wanted])
+    rows = np.flatnonzero(keep)
+    if q.time_field is not None:
+        rows = rows[np.lexsort((offset[rows], partition[rows], cols[q.time_field].values[rows]))]
+    if q.limit is not None:
+        rows = rows[: q.limit]
+    if not len(rows):
+        return pd.DataFrame([], columns=q.columns)
+    data = {name: _series(c, rows) for name, c in cols.items()}
+    data["_partition"] = partition[rows]
+    data["_offset"] = offset[rows]
+    stamps = np.asarray(batch.timestamps, np.int64)[at[rows]] * 1000
+    data["_timestamp"] = pd.Series(stamps.astype("datetime64[us]")).dt.tz_localize("UTC")
+    data["_key"] = _keys([batch.keys[i] for i in at[rows].tolist()])
+    return pd.DataFrame({name: pd.Series(data[name]).reset_index(drop=True) for name in q.columns})
+
+
+def _series(c: Column, rows: Any) -> Any:
+    """One column as pandas infers it from Python values: strings as str, a time as
+    datetime64[us, UTC], a nullable int as float64 (NaN), a nullable bool and all None as object."""
+    import numpy as np
+    import pandas as pd
+
+    values = c.values[rows]
+    nulls = None if c.nulls is None else c.nulls[rows]
+    if nulls is not None and nulls.all():  # nothing but None: pandas keeps objects
+        return np.full(len(rows), None, object)
+    if c.kind == "string":
+        labels = np.array([*(c.labels or ()), None], object)
+        return pd.Series(labels[np.where(nulls, len(labels) - 1, values) if nulls is not None else values])
+    if c.kind == "timestamp-micros":
+        series = pd.Series(values.astype("datetime64[us]")).dt.tz_localize("UTC")
+        return series.where(~nulls) if nulls is not None and nulls.any() else series
+    if nulls is None or not nulls.any():
+        return values
+    if c.kind == "boolean":
+        out = values.astype(object)
+        out[nulls] = None
+        return out
+    return np.where(nulls, np.nan, values.astype(np.float64))
+
+
+def _keys(keys: list[bytes | None]) -> Any:
+    """Message keys as text (once per distinct key)."""
+    import numpy as np
+
+    distinct = {k: (None if k is None else k.decode("utf-8", "replace")) for k in set(keys)}
+    return np.array(list(map(distinct.__getitem__, keys)), object)
+
+
+def _frame_of_records(
+    codec: Codec, record: type[Record], topic: str, batch: _Batch, q: _Query
+) -> tuple[pd.DataFrame, int]:
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    for i, value in enumerate(batch.values):
+        try:
+            rec = decode(codec, record, value, batch.headers[i], topic=topic,
+                         partition=batch.partitions[i], offset=batch.offsets[i])  # fmt: skip
+        except DecodeError:
+            bad += 1
+            continue
+        row = rec.to_avro()
+        if q.time_field is not None:
+            when = row[q.time_field]
+            if (q.lo is not None and when < q.lo) or (q.hi is not None and when >= q.hi):
+                continue
+        if q.wanted and q.symbol_field is not None and str(row[q.symbol_field]).upper() not in q.wanted:
+            continue
+        key = batch.keys[i]
+        row.update(
+            _partition=batch.partitions[i],
+            _offset=batch.offsets[i],
+            _timestamp=datetime.fromtimestamp(batch.timestamps[i] / 1000, tz=UTC),
+            _key=key.decode("utf-8", "replace") if key is not None else None,
+        )
+        rows.append(row)
+    if (time_field := q.time_field) is not None:
+        rows.sort(key=lambda r: (r[time_field], r["_partition"], r["_offset"]))
+    if q.limit is not None:
+        rows = rows[: q.limit]
+    return pd.DataFrame(rows, columns=q.columns), bad
 
 
 def read_table(
@@ -144,8 +262,12 @@ def read_table(
 ) -> pd.DataFrame:
     """Rows of one sink table as a DataFrame, filtered on its time and ticker columns."""
     import pandas as pd
+    import psycopg
+    from psycopg import sql
+
     if name not in _TABLE_TIME:
         raise KeyError(f"{name!r} is not a sink table (known: {', '.join(sorted(_TABLE_TIME))})")
+
     settings = settings or Settings()
     endpoints = resolve(settings, need_kafka=False)
     where: list[sql.Composable] = []

@@ -5,18 +5,23 @@ only ever give fastavro's values and bytes (tests/unit/test_avro_fast.py checks 
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
-from schemas.codec import SCHEMA_HEADER, VERSION_HEADER, Codec, HeaderCodec, SchemaSet
+from opsinfra.errors import DecodeError
+from schemas.codec import SCHEMA_HEADER, VERSION_HEADER, Codec, HeaderCodec, SchemaSet, decode
 from schemas.records import Record
 
 Reader = Callable[[bytes], dict[str, Any]]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # fastavro's timestamp-micros: epoch + timedelta
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Unsupported(ValueError):
@@ -323,3 +328,275 @@ def decoder(codec: Codec, record: type[Record], topic: str) -> Decoder:
         return through_codec(msg)
 
     return fast
+
+
+
+# Columnar reads: a batch of values of one flat schema at once, as numpy columns.
+
+_TS_MIN_US = -62_135_596_800_000_000  # datetime.min and .max (UTC) in epoch microseconds: beyond them
+_TS_MAX_US = 253_402_300_799_999_999  # fastavro's epoch + timedelta overflows, so the codec decides
+_KINDS = frozenset({"string", "long", "int", "double", "float", "boolean", "timestamp-micros"})
+
+
+class ColumnReader:
+    """Values of one flat record schema (primitives, alone or in a union with null) decoded together,
+    with numpy over their concatenation: no Python object per field. Strict like the compiled
+    readers: a value it cannot read to the byte (malformed, a varint beyond 64 bits, a time outside
+    datetime's range, invalid UTF-8) is flagged, for the codec to decide and word the error."""
+
+    def __init__(self, fields: Sequence[tuple[str, str, int | None]]) -> None:
+        self.fields = tuple(fields)  # (name, kind, index of the null branch or None)
+
+    @classmethod
+    def for_schema(cls, schema: dict[str, Any]) -> ColumnReader | None:
+        """A reader of this record schema, or None when a field is not a primitive it reads."""
+        fields = []
+        for spec in schema["fields"]:
+            ftype, null_at = spec["type"], None
+            if isinstance(ftype, list):
+                if len(ftype) != 2 or "null" not in ftype:
+                    return None
+                null_at = ftype.index("null")
+                ftype = ftype[1 - null_at]
+            if isinstance(ftype, dict):
+                logical = ftype.get("logicalType")
+                if logical is not None and (logical, ftype["type"]) != ("timestamp-micros", "long"):
+                    return None
+                ftype = logical or ftype["type"]
+            if ftype not in _KINDS:
+                return None
+            fields.append((spec["name"], ftype, null_at))
+        return cls(fields)
+
+    def blank(self, n: int) -> dict[str, Column]:
+        """Columns of n rows to fill (with `Column.put`)."""
+        import numpy as np
+
+        dtypes = {"double": np.float64, "float": np.float64, "boolean": bool, "string": np.int32}
+        return {
+            name: Column(kind, np.zeros(n, dtypes.get(kind, np.int64)),
+                         None if null_at is None else np.ones(n, bool), [] if kind == "string" else None)
+            for name, kind, null_at in self.fields
+        }
+
+    def read(self, values: Sequence[bytes]) -> tuple[dict[str, Column], Any]:
+        """(columns, ok): every column has a row per value; where `ok` is False the row holds
+        garbage and the value is the caller's to decode another way."""
+        import numpy as np
+
+        n = len(values)
+        lengths = np.fromiter(map(len, values), np.int64, n)
+        end = np.cumsum(lengths)
+        total = int(end[-1]) if n else 0
+        buf = np.frombuffer(b"".join(values) + bytes(16), np.uint8)  # padded: no read runs off it
+        windows = {w: np.lib.stride_tricks.as_strided(buf, (len(buf) - w + 1, w), (1, 1)) for w in (4, 8)}
+        pos = end - lengths
+        ok = np.ones(n, bool)
+        spans: dict[str, tuple[Any, Any]] = {}
+        out: dict[str, Column] = {}
+        for name, kind, null_at in self.fields:
+            nulls = None
+            rows: Any = slice(None)
+            if null_at is not None:
+                branch = buf[pos]
+                ok &= (branch == 0) | (branch == 2)
+                nulls = branch == 2 * null_at
+                pos += 1
+                rows = np.flatnonzero(~nulls)
+            at = pos[rows]
+            if kind in ("double", "float"):
+                width = 8 if kind == "double" else 4
+                raw = windows[width][at]  # the `width` bytes at each position, one row each
+                col = raw.view("<f8" if width == 8 else "<f4")[:, 0].astype(np.float64)
+                at = at + width
+            elif kind == "boolean":
+                byte = buf[at]
+                ok[rows] &= byte <= 1
+                col = byte == 1
+                at = at + 1
+            else:
+                col, at = _varints(buf, at, ok, rows)
+                if kind == "timestamp-micros":
+                    ok[rows] &= (col >= _TS_MIN_US) & (col <= _TS_MAX_US)
+                elif kind == "string":
+                    good = (col >= 0) & (col <= end[rows] - at)
+                    ok[rows] &= good
+                    length = np.where(good, col, 0)
+                    spans[name] = (_spread(at, rows, n), _spread(length, rows, n))
+                    at = at + length
+            pos[rows] = at
+            ok &= pos <= end  # read past its own value (padding, or the next one)
+            np.minimum(pos, total, out=pos)
+            out[name] = Column(kind, _spread(col, rows, n), nulls)
+        ok &= pos == end
+        for name, (starts, length) in spans.items():
+            column = out[name]
+            keep = ok if column.nulls is None else ok & ~column.nulls
+            column.values, column.labels, bad = _labels(buf, starts, length, keep)
+            ok[bad] = False
+        return out, ok
+
+
+@dataclass
+class Column:
+    """One decoded column: numpy values (int64 microseconds for times; int32 codes into `labels`
+    for strings) and, for a nullable field, where it is null."""
+
+    kind: str
+    values: Any
+    nulls: Any = None
+    labels: list[str] | None = None
+
+    def arrow(self) -> Any:
+        """As an Arrow array: strings dictionary-encoded, times timestamp[us, UTC]."""
+        import pyarrow as pa
+
+        if self.kind == "string":
+            codes = pa.array(self.values, pa.int32(), mask=self.nulls)
+            return pa.DictionaryArray.from_arrays(codes, pa.array(self.labels or [], pa.string()))
+        kind = {"long": pa.int64(), "int": pa.int64(), "double": pa.float64(), "float": pa.float64(),
+                "boolean": pa.bool_(), "timestamp-micros": pa.timestamp("us", tz="UTC")}[self.kind]
+        return pa.array(self.values, kind, mask=self.nulls)
+
+    def put(self, row: int, value: Any, codes: dict[str, int]) -> None:
+        """One value decoded another way, into its row."""
+        if self.nulls is not None:
+            self.nulls[row] = value is None
+        if value is None:
+            return
+        if self.kind == "string":
+            code = codes.get(value)
+            if code is None:
+                assert self.labels is not None
+                code = codes[value] = len(self.labels)
+                self.labels.append(value)
+            value = code
+        elif self.kind == "timestamp-micros":
+            value = (value - _EPOCH) // _MICROSECOND
+        self.values[row] = value
+
+
+def _varints(buf: Any, at: Any, ok: Any, rows: Any) -> tuple[Any, Any]:
+    """Zigzag varints at positions `at` (the rows `rows` of `ok`): (values, positions after them)."""
+    import numpy as np
+
+    first = buf[at].astype(np.uint64)
+    acc = first & np.uint64(0x7F)
+    nxt = at + 1
+    more = np.flatnonzero(first & np.uint64(0x80))
+    shift = 7
+    while more.size:
+        byte = buf[nxt[more]].astype(np.uint64)
+        if shift == 63:  # the 10th byte: beyond 64 bits (or an 11th byte) is the codec's to judge
+            bad = np.zeros(len(at), bool)
+            bad[more[byte > 1]] = True
+            ok[rows] &= ~bad
+        acc[more] |= (byte & np.uint64(0x7F)) << np.uint64(shift)
+        nxt[more] += 1
+        more = more[(byte & np.uint64(0x80)) != 0] if shift < 63 else more[:0]
+        shift += 7
+    values = (acc >> np.uint64(1)).astype(np.int64) ^ -(acc & np.uint64(1)).astype(np.int64)
+    return values, nxt
+
+
+def _spread(col: Any, rows: Any, n: int) -> Any:
+    """A column read on `rows` only (the non-null ones) as a column of all n rows."""
+    import numpy as np
+
+    if isinstance(rows, slice):
+        return col
+    full = np.zeros(n, col.dtype)
+    full[rows] = col
+    return full
+
+
+def _labels(buf: Any, starts: Any, length: Any, keep: Any) -> tuple[Any, list[str], Any]:
+    """Strings as (codes, labels, rows not UTF-8): the bytes of the `keep` rows gathered, hashed by
+    Arrow and decoded once per distinct value."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = np.flatnonzero(keep)
+    lens = length[rows]
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    data = buf[np.repeat(starts[rows] - offsets[:-1], lens) + np.arange(offsets[-1])]
+    binary = pa.Array.from_buffers(
+        pa.large_binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    encoded = pc.dictionary_encode(binary)
+    labels: list[str] = []
+    invalid: list[int] = []
+    for i, raw in enumerate(encoded.dictionary.to_pylist()):
+        try:
+            labels.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            labels.append("")
+            invalid.append(i)
+    codes = np.zeros(len(keep), np.int32)
+    codes[rows] = encoded.indices.to_numpy()
+    bad = rows[np.isin(codes[rows], invalid)] if invalid else rows[:0]
+    return codes, labels, bad
+
+
+@dataclass
+class Decoded:
+    """Messages of one topic decoded into columns: a row per decodable message, in message order."""
+
+    columns: dict[str, Column]
+    index: Any  # numpy int64: the position of each row's message in the batch
+    errors: list[tuple[int, DecodeError]]  # the undecodable messages, by position
+
+
+def decode_columns(
+    codec: Codec,
+    record: type[Record],
+    topic: str,
+    values: Sequence[bytes | None],
+    headers: Sequence[Any],
+    *,
+    partitions: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+) -> Decoded:
+    """A batch of messages as columns: values in the current schema version with its headers go
+    through the ColumnReader, every other one (another framing or version, anything it flags)
+    through the codec, one at a time, with the codec's errors."""
+    import numpy as np
+
+    n = len(values)
+    schemas = codec.schemas if isinstance(codec, HeaderCodec) else SchemaSet.load()
+    schema = schemas.get(record.SCHEMA)
+    reader = ColumnReader.for_schema(json.loads(schema.text))
+    if reader is None:
+        raise Unsupported(f"{record.SCHEMA} is not a flat schema")
+    if isinstance(codec, HeaderCodec):  # exactly the headers HeaderCodec.encode writes
+        expected = [(SCHEMA_HEADER, schema.full_name.encode()),
+                    (VERSION_HEADER, str(schema.version).encode())]
+        fast = np.fromiter(map(operator.eq, itertools.repeat(expected), headers), bool, n)
+        present = [b"" if v is None else v for v in values]
+        columns, ok = reader.read(present)
+        ok &= fast
+    else:  # another framing: the codec per message, into the same columns
+        columns, ok = reader.blank(n), np.zeros(n, bool)
+    errors: list[tuple[int, DecodeError]] = []
+    slow = np.flatnonzero(~ok).tolist()
+    codes = {name: {label: i for i, label in enumerate(c.labels or ())} for name, c in columns.items()}
+    for i in slow:
+        try:
+            rec = decode(codec, record, values[i], headers[i], topic=topic,
+                         partition=None if partitions is None else partitions[i],
+                         offset=None if offsets is None else offsets[i])  # fmt: skip
+        except DecodeError as exc:
+            errors.append((i, exc))
+            continue
+        ok[i] = True
+        for name, value in rec.to_avro().items():
+            column = columns.get(name)
+            if column is not None:
+                column.put(i, value, codes[name])
+    keep = np.flatnonzero(ok)
+    for column in columns.values():
+        column.values = column.values[keep]
+        column.nulls = None if column.nulls is None else column.nulls[keep]
+    return Decoded(columns, keep, errors)

@@ -6,15 +6,16 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import psycopg
 import pytest
 
 from opsinfra.settings import Settings
 from pipeline import read_table, read_topic
 from schemas.codec import HeaderCodec
-from schemas.records import Bar
+from schemas.records import Bar, Features
 from schemas.topic_io import RecordProducer
-from schemas.topics import BARS
+from schemas.topics import BARS, FEATURES
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
@@ -67,6 +68,37 @@ def test_read_topic_decodes_filters_and_adds_position_columns(
     assert len(read_topic("market.bars.1m", symbols="MSFT", limit=5, settings=provisioned)) == 5
     naive = read_topic("market.bars.1m", start="2026-11-20 14:55", settings=provisioned)
     assert len(naive) == 2 * 5  # a naive time is UTC
+
+
+def test_read_topic_builds_the_frame_pandas_builds_from_the_records(
+    provisioned: Settings, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import notebook
+
+    feats = [
+        Features(s, T0 + timedelta(minutes=i), 10.0 + i, None if i < 3 else 10.5, None, 100 * i,
+                 None if i < 2 else 99.5, None if i < 2 else 1.0 + i / 10, None if i < 2 else i % 2 == 0,
+                 None, None, None, None, None, None, None, i + 1, i % 2)
+        for s in ("AAPL", "MSFT") for i in range(6)
+    ]  # fmt: skip
+    with RecordProducer(provisioned, kafka_bootstrap, HeaderCodec()) as producer:
+        for f in feats:
+            producer.send(FEATURES, f)
+        producer.send_raw(provisioned.topic(FEATURES.name), None, b"garbage", [])
+    queries: list[dict[str, object]] = [{}, {"symbols": "msft", "start": T0 + timedelta(minutes=2),
+                                             "limit": 3}]
+    columnar = [notebook.read_topic("features.1m", settings=provisioned, **q) for q in queries]  # type: ignore[arg-type]
+
+    def no_columns(*args: object, **kwargs: object) -> None:
+        raise notebook.Unsupported("the record by record path, as before")
+
+    monkeypatch.setattr(notebook, "decode_columns", no_columns)
+    for q, got in zip(queries, columnar, strict=True):
+        expected = notebook.read_topic("features.1m", settings=provisioned, **q)  # type: ignore[arg-type]
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+        assert got.attrs == expected.attrs and got.attrs["undecodable"] == 1
+    assert len(columnar[0]) == 12 and len(columnar[1]) == 3
+    assert columnar[0]["volume_surge"].dtype == object and columnar[0]["sma_20"].isna().sum() == 6
 
 
 def test_read_topic_is_bounded_while_the_topic_is_written(

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.avro_fast import RecordWriter, compile_reader
+from schemas.avro_fast import ColumnReader, RecordWriter, compile_reader
 from schemas.codec import AvroSchema, HeaderCodec, RegistryCodec, SchemaSet
 from schemas.records import RECORD_TYPES, DeadLetter, Record
 from tests.avro_values import avro_values
@@ -22,6 +22,8 @@ from tests.samples import sample_records
 SCHEMAS: dict[str, AvroSchema] = SchemaSet.load().current  # every .avsc of the contract
 READERS = {name: compile_reader(json.loads(s.text)) for name, s in SCHEMAS.items()}
 WRITERS = {name: w for name, s in SCHEMAS.items() if (w := RecordWriter.for_schema(s.parsed)) is not None}
+COLUMNS = {name: c for name, s in SCHEMAS.items()
+           if (c := ColumnReader.for_schema(json.loads(s.text))) is not None}
 TS = datetime(2026, 11, 20, 15, 31, 7, 250, tzinfo=UTC)
 ZONES = st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=30))])
 
@@ -85,7 +87,7 @@ def test_the_writer_writes_fastavros_bytes(name: str, data: st.DataObject) -> No
 
 
 @pytest.mark.parametrize(
-    "codec", [HeaderCodec(), RegistryCodec("mock://avro-fast")], ids=["headers", "registry"]
+    "codec", [HeaderCodec(), RegistryCodec("mock://avro-fast")], ids=["headers", "mock_registry"]
 )
 @pytest.mark.parametrize("record", [r for r in _samples() if r.SCHEMA in WRITERS], ids=lambda r: r.SCHEMA)
 def test_a_built_writer_frames_like_the_codec(codec: HeaderCodec | RegistryCodec, record: Record) -> None:
@@ -102,3 +104,34 @@ def test_the_writer_refuses_a_naive_timestamp() -> None:
     bar = sample_records(TS)["market.bars.1m"]
     with pytest.raises(TypeError):
         WRITERS["bar"].encode(type(bar)(**{**bar.to_avro(), "ts": datetime(2026, 1, 2)}))
+
+
+def test_the_column_reader_takes_the_flat_schemas() -> None:
+    assert {"bar", "features", "news_item", "position"} <= set(COLUMNS)
+    assert not {"execution", "recommendation", "dead_letter"} & set(COLUMNS)  # arrays, maps, bytes
+
+
+@pytest.mark.parametrize("name", sorted(COLUMNS))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_the_column_reader_reads_what_fastavro_reads(name: str, data: st.DataObject) -> None:
+    schema = json.loads(SCHEMAS[name].text)
+    values = [fastavro_bytes(name, v) for v in data.draw(st.lists(avro_values(schema, nan=True), max_size=6))]
+    junk = data.draw(st.lists(st.binary(max_size=12), max_size=3))  # flagged, or read as fastavro reads them
+    batch = values + junk
+    columns, ok = COLUMNS[name].read(batch)
+    assert ok[: len(values)].all()
+    for row, value in enumerate(batch):
+        if not ok[row]:
+            continue
+        got = {}
+        for field, c in columns.items():
+            if c.nulls is not None and c.nulls[row]:
+                got[field] = None
+            elif c.kind == "string":
+                got[field] = c.labels[c.values[row]]
+            elif c.kind == "timestamp-micros":
+                got[field] = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(c.values[row]))
+            else:
+                got[field] = c.values[row].item()
+        assert exactly(got, fastavro_value(name, value))

@@ -54,6 +54,17 @@ def test_a_csv_is_ordered_by_ts_then_revision_and_repeats_are_skipped(tmp_path: 
     assert len(reasons) == 2 and "high 99.0 < low 101.0" in reasons[0] and "unparseable" in reasons[1]
 
 
+def test_the_column_path_gives_what_the_row_path_gives(tmp_path: Path) -> None:
+    path = tmp_path / "bars.csv"
+    path.write_text(CSV, "utf-8")
+    rows, columns = rp.prepare_rows(rp.load_bar_file(path)), rp.prepare_file(path)
+    assert columns.bars == rows.bars and columns.repeats == rows.repeats == 1
+    seen = [(r.number, r.reason, r.row) for r in columns.rejected]
+    assert seen == [(r.number, r.reason, r.row) for r in rows.rejected]
+    selected = rp.load_bar_columns(path).columns.select(T, T + M, {"AAPL"}).bars()
+    assert [(b.symbol, b.ts, b.revision) for b in selected] == [("AAPL", T, 0), ("AAPL", T, 1)]
+
+
 def test_parquet_with_aware_timestamps(tmp_path: Path) -> None:
     path = tmp_path / "bars.parquet"
     table = pa.table({
@@ -65,6 +76,7 @@ def test_parquet_with_aware_timestamps(tmp_path: Path) -> None:
     pq.write_table(table, path)
     prep = rp.prepare_rows(rp.load_bar_file(path))
     assert [(b.ts, b.volume, b.revision) for b in prep.bars] == [(T, 20, 0), (T + M, 10, 0)]
+    assert rp.prepare_file(path).bars == prep.bars
 
 
 def test_a_file_without_the_required_columns_is_refused(tmp_path: Path) -> None:
