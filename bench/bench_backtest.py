@@ -1,23 +1,32 @@
-"""Backtest speed: in-process bars/s over N bars (default 1,000,000 for 50 symbols), the same read
-from a topic end to end, and backtrader running an equivalent SMA-crossover on the same bars.
+"""Backtest speed: in-process bars/s over N bars (default 1,000,000 for 50 symbols), with the engine
+of a git ref (default HEAD: the code before the working tree's changes) over the same bars in the
+same run, the same read from a topic end to end, and backtrader running an equivalent SMA-crossover.
 
     python bench/bench_backtest.py [--bars 1000000] [--symbols 50] [--skip-topic] [--skip-backtrader]
+        [--baseline-ref HEAD] [--rounds 2] [--no-baseline]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import pickle
 import random
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from schemas.records import Bar  # noqa: E402
-from schemas.topics import ALL_TOPICS
+from schemas.topics import ALL_TOPICS  # noqa: E402
 
 
 def make_bars(n: int, symbols: int, seed: int = 7) -> list[Bar]:
@@ -52,7 +61,7 @@ def make_bars(n: int, symbols: int, seed: int = 7) -> list[Bar]:
     return out
 
 
-def run_inprocess(bars: list[Bar]) -> tuple[float, object]:
+def run_inprocess(bars: list[Bar]) -> tuple[float, Any]:
     from trading.backtest import Backtester
     from trading.calendar import TradingCalendar
     from trading.gates import DEFAULT_ACCOUNTS
@@ -62,6 +71,56 @@ def run_inprocess(bars: list[Bar]) -> tuple[float, object]:
     bt = Backtester(DEFAULT_ACCOUNTS, cal, keep_features=False)
     res = bt.run(bars)
     return res.bars_per_s or 0.0, res
+
+
+# The engine of one source tree over pickled bars, in a fresh process: both trees are measured alike.
+_ENGINE = """
+import gc, json, pickle, sys, time
+sys.path.insert(0, sys.argv[1])
+from trading.backtest import Backtester
+from trading.calendar import TradingCalendar
+from trading.gates import DEFAULT_ACCOUNTS
+with open(sys.argv[2], "rb") as fh:
+    bars = pickle.load(fh)
+cal = TradingCalendar()
+cal.session(bars[0].ts.date())
+cpu = time.process_time()
+res = Backtester(DEFAULT_ACCOUNTS, cal, keep_features=False).run(bars)
+cpu = time.process_time() - cpu
+print(json.dumps({"rate": res.bars_per_s, "cpu_rate": res.bars / cpu, "signals": len(res.signals),
+                  "executions": len(res.executions)}))
+"""
+
+
+def engine_in(tree: Path, bars_file: Path) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", _ENGINE, str(tree), str(bars_file)],
+                          capture_output=True, text=True, check=True)
+    out: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def same_run_baseline(bars: list[Bar], ref: str, rounds: int) -> None:
+    """The engine of this tree and of `ref`, each in a fresh process over the same bars, alternated
+    `rounds` times: the medians, and their ratio (wall clock and CPU time)."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        tree = tmp / "ref"
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        bars_file = tmp / "bars.pickle"
+        bars_file.write_bytes(pickle.dumps(bars, protocol=pickle.HIGHEST_PROTOCOL))
+        runs: dict[str, list[dict[str, float]]] = {"new": [], "old": []}
+        for _ in range(rounds):
+            runs["old"].append(engine_in(tree, bars_file))
+            runs["new"].append(engine_in(ROOT, bars_file))
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("rate", "cpu_rate")} for k, v in runs.items()}
+    same = {(r["signals"], r["executions"]) for v in runs.values() for r in v}
+    print(f"engine, this tree: {med['new']['rate']:,.0f} bars/s ({med['new']['cpu_rate']:,.0f} per CPU-s); "
+          f"same-run baseline, {ref}'s engine: {med['old']['rate']:,.0f} bars/s "
+          f"({med['old']['cpu_rate']:,.0f} per CPU-s); ratio {med['new']['rate'] / med['old']['rate']:.2f}x "
+          f"(CPU {med['new']['cpu_rate'] / med['old']['cpu_rate']:.2f}x), medians of {rounds} alternated "
+          f"runs; {'same' if len(same) == 1 else 'DIFFERENT'} signals and executions")
 
 
 def run_topic(bars: list[Bar]) -> tuple[float, float]:
@@ -161,6 +220,9 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=50)
     ap.add_argument("--skip-topic", action="store_true")
     ap.add_argument("--skip-backtrader", action="store_true")
+    ap.add_argument("--baseline-ref", default="HEAD", help="git ref whose engine is the same-run baseline")
+    ap.add_argument("--rounds", type=int, default=2, help="alternated runs of each engine")
+    ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
     t0 = time.perf_counter()
     bars = make_bars(args.bars, args.symbols)
@@ -169,7 +231,9 @@ def main() -> None:
     print(
         f"in-process backtest (features + signals + gates + fills + positions): {rate:,.0f} bars/s "
         f"({len(res.signals):,} signals, {len(res.executions):,} executions)"
-    )  # type: ignore[attr-defined]
+    )
+    if not args.no_baseline:
+        same_run_baseline(bars, args.baseline_ref, args.rounds)
     if not args.skip_topic:
         total, read_rate = run_topic(bars)
         print(

@@ -242,7 +242,7 @@ def main() -> None:
             print(line(f"backtest --bars {name} --format {args.format}", run))
             if ref is not None:
                 base_input = small_csv if name == "CSV" else small_parquet
-                base = run_cli(["--bars", str(base_input)], {}, ref, tmp / f"base-{name}")
+                base = run_cli(["--bars", str(base_input), *fmt], {}, ref, tmp / f"base-{name}")
                 print(
                     line(
                         f"  same-run baseline, {args.baseline_ref}'s command on the first "
@@ -274,7 +274,7 @@ def main() -> None:
             run = run_cli(["--topic", "market.bars.1m", *fmt], env, ROOT, tmp / "out-topic")
             print(line(f"backtest --topic --format {args.format}", run))
             if ref is not None:
-                base = run_cli(["--topic", "market.bars.1m"], env, ref, tmp / "base-topic")
+                base = run_cli(["--topic", "market.bars.1m", *fmt], env, ref, tmp / "base-topic")
                 print(
                     line(f"  same-run baseline, {args.baseline_ref}'s command on the same topic", base)
                     + f"; ratio {run['bars'] / run['wall'] / (base['bars'] / base['wall']):.1f}x"

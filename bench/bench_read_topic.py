@@ -1,24 +1,44 @@
 """`read_topic` into a DataFrame, records/s, for bars and features on an embedded broker (default
-1,000,000 of each), with same-run baselines: librdkafka alone reading the topic (no decoding) and
-the record-by-record path (decode, dict, DataFrame of dicts; what read_topic did before).
+1,000,000 of each), against the same call of the code before the changes, same run, same topics:
+a baseline tree (`git worktree add /tmp/base-x HEAD`, or a git ref archived here). Each read runs
+in its own process, new and old back to back; the frames must hash alike. Also librdkafka alone.
 
-    python bench/bench_read_topic.py [--records 1000000] [--symbols 50]
+    python bench/bench_read_topic.py [--records 1000000] [--symbols 50] [--runs 2]
+        [--baseline-tree /tmp/base-x | --baseline-ref HEAD]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from bench.bench_backtest_e2e import _columns, bar_table, consume_ceiling  # noqa: E402
+from bench.bench_backtest_e2e import _columns, bar_table, consume_ceiling, extract_ref  # noqa: E402
+
+# run in a child process with the tree under test first on the path; prints one JSON line
+CHILD = """
+import json, sys, time
+import pandas as pd, pyarrow, pyarrow.compute  # imported before the clock starts, in both trees
+from opsinfra.settings import Settings
+from pipeline import notebook
+settings = Settings(_env_file=None, kafka_bootstrap_servers=sys.argv[1], pipeline_topic_prefix=sys.argv[2])
+wall, cpu = time.perf_counter(), time.process_time()
+df = notebook.read_topic(sys.argv[3], settings=settings)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+digest = int(pd.util.hash_pandas_object(df, index=False).sum())
+print(json.dumps({"rows": len(df), "wall": wall, "cpu": cpu, "digest": digest,
+                  "dtypes": [str(t) for t in df.dtypes], "undecodable": df.attrs["undecodable"]}))
+"""
 
 
 def produce(settings: Any, bootstrap: str, prefix: str, records: list[Any], topic: str) -> None:
@@ -47,16 +67,32 @@ def features_of(bars: list[Any]) -> list[Any]:
     return out
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
+def read_in(tree: Path, bootstrap: str, prefix: str, topic: str) -> dict[str, Any]:
+    """`read_topic(topic)` of the code in `tree`, in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "PIPELINE_", "SCHEMA_"))}
+    env["PYTHONPATH"] = str(tree)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, bootstrap, prefix, topic],
+        cwd=tree, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"read_topic in {tree} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def line(what: str, run: dict[str, Any]) -> str:
+    return (f"{what}: {run['rows']:,} rows in {run['wall']:.2f} s (CPU {run['cpu']:.2f} s) = "
+            f"{run['rows'] / run['wall']:,.0f} records/s")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--symbols", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=2, help="new/old pairs per topic")
+    ap.add_argument("--baseline-tree", type=Path, help="a checkout of the code before the changes")
+    ap.add_argument("--baseline-ref", default="HEAD", help="else this git ref, archived into a temp dir")
     args = ap.parse_args()
 
     from confluent_kafka.admin import AdminClient
@@ -64,11 +100,12 @@ def main() -> None:
     from opsinfra.embedded import TansuBroker
     from opsinfra.kafka_admin import create_topics
     from opsinfra.settings import Settings
-    from pipeline import notebook
     from schemas.topics import ALL_TOPICS, BARS, FEATURES
 
     bars = _columns(bar_table(args.records, args.symbols)).bars()
     with tempfile.TemporaryDirectory() as tmp:
+        base = args.baseline_tree or extract_ref(args.baseline_ref, Path(tmp))
+        print(f"baseline: {base}")
         broker = TansuBroker(Path(tmp))
         broker.start()
         try:
@@ -84,24 +121,14 @@ def main() -> None:
                 print(f"{spec.name}: produced {len(records):,} records in {time.perf_counter() - t0:.1f} s")
                 ceiling = consume_ceiling(broker.bootstrap, prefix + spec.name)
                 print(f"  same-run baseline, librdkafka alone (no decoding): {ceiling:,.0f} messages/s")
-                df, wall, cpu = timed(lambda name=spec.name: notebook.read_topic(name, settings=settings))
-                print(f"  read_topic: {len(df):,} rows in {wall:.2f} s (CPU {cpu:.2f} s) = "
-                      f"{len(df) / wall:,.0f} records/s")
-                real = notebook.decode_columns
-
-                def row_by_row(*a: Any, **k: Any) -> Any:
-                    raise notebook.Unsupported("the record-by-record path")
-
-                notebook.decode_columns = row_by_row  # type: ignore[assignment]
-                try:
-                    base, bwall, bcpu = timed(
-                        lambda name=spec.name: notebook.read_topic(name, settings=settings)
-                    )
-                finally:
-                    notebook.decode_columns = real  # type: ignore[assignment]
-                print(f"  same-run baseline, record by record: {len(base):,} rows in {bwall:.2f} s "
-                      f"(CPU {bcpu:.2f} s) = {len(base) / bwall:,.0f} records/s; "
-                      f"ratio {bwall / wall:.1f}x (CPU {bcpu / cpu:.1f}x)")
+                for _ in range(args.runs):
+                    new = read_in(ROOT, broker.bootstrap, prefix, spec.name)
+                    old = read_in(base, broker.bootstrap, prefix, spec.name)
+                    same = {k: new[k] == old[k] for k in ("rows", "digest", "dtypes", "undecodable")}
+                    print(f"  {line('read_topic', new)}")
+                    print(f"  {line('same-run baseline, the old read_topic', old)}; ratio "
+                          f"{old['wall'] / new['wall']:.1f}x (CPU {old['cpu'] / new['cpu']:.1f}x); "
+                          f"frames equal: {all(same.values()) or same}")  # fmt: skip
         finally:
             broker.stop()
 

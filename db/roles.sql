@@ -31,6 +31,7 @@ GRANT SELECT, INSERT, UPDATE ON
     reconcile_events,
     alerts,
     control_events,
+    clock_minutes,
     dead_letters,
     sink_offsets
 TO ops_pipeline_sink;

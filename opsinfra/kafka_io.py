@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Self
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -19,6 +20,10 @@ from opsinfra.kafka_config import admin_config, consumer_config, producer_config
 from opsinfra.settings import Settings
 
 log = logging.getLogger(__name__)
+_STAMP = itemgetter(1)  # of a message's (timestamp type, timestamp)
+BATCH_SIZE = 10_000  # messages a consume() call hands over at most
+FETCH_BYTES = 8 << 20  # per partition and fetch when reading a topic through (librdkafka's default: 1 MiB)
+FETCH_WAIT_MS = 50  # an empty fetch (which tells a partition's end on Tansu) in 50 ms, not 500
 
 
 class DeliveryError(PipelineError):
@@ -93,7 +98,7 @@ class Consumed:
         return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
 
 
-def _drain(
+def _drain_batches(
     consumer: Consumer,
     ends: dict[tuple[str, int], int],
     what: str,
@@ -103,14 +108,15 @@ def _drain(
     finished: set[tuple[str, int]] | None = None,
     poll_s: float = 0.1,
     strict: bool = True,
-) -> Iterator[Any]:
-    """The messages of an assigned consumer (with `enable.partition.eof`) until every partition of
-    `ends` has reported EOF at or past its end there (the broker's end offsets as read before, so a
-    partition that reports EOF early, at an end it has since moved past, is not taken as done) and
-    nothing has arrived for `quiet_s`: the reported end is a lower bound on some brokers (Tansu:
-    its last batch's base offset + 1), the quiet period covers the rest. Partitions
-    the caller adds to `finished` count as ended and their further messages are skipped. After
-    `timeout_s`: PipelineError, or (not `strict`) the end of the iteration."""
+    batch_size: int = BATCH_SIZE,
+) -> Iterator[list[Message]]:
+    """The messages of an assigned consumer (with `enable.partition.eof`), a consume() call's worth
+    at a time, until every partition of `ends` has reported EOF at or past its end there (the
+    broker's end offsets as read before, so a partition that reports EOF early, at an end it has
+    since moved past, is not taken as done) and nothing has arrived for `quiet_s`: the reported end
+    is a lower bound on some brokers (Tansu: its last batch's base offset + 1), the quiet period
+    covers the rest. Partitions the caller adds to `finished` count as ended and their further
+    messages are skipped. After `timeout_s`: PipelineError, or (not `strict`) the end."""
     finished = set() if finished is None else finished
     partitions = set(ends)
     reached: set[tuple[str, int]] = set()
@@ -119,26 +125,37 @@ def _drain(
     while time.monotonic() < deadline:
         if finished >= partitions:
             return
-        msg = consumer.poll(poll_s)
+        batch = consumer.consume(batch_size, poll_s)
         now = time.monotonic()
-        if msg is None:
+        if not batch:
             if (reached | finished) >= partitions and now - last >= quiet_s:
                 return
             continue
-        key = (msg.topic() or "", msg.partition() or 0)
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                if (msg.offset() or 0) >= ends.get(key, 0):
-                    reached.add(key)
-                continue
-            raise PipelineError(f"{what}: {err}")
-        if key in finished:
-            continue
-        last = now
-        yield msg
+        if any(map(Message.error, batch)) or finished:  # EOFs, errors or skips: message by message
+            kept = []
+            for msg in batch:
+                key = (msg.topic() or "", msg.partition() or 0)
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if (msg.offset() or 0) >= ends.get(key, 0):
+                            reached.add(key)
+                        continue
+                    raise PipelineError(f"{what}: {err}")
+                if key not in finished:
+                    kept.append(msg)
+            batch = kept
+        if batch:
+            last = now
+            yield batch
     if strict:
         raise PipelineError(f"{what}: not at its end after {timeout_s}s")
+
+
+def _drain(consumer: Consumer, ends: dict[tuple[str, int], int], what: str, **kwargs: Any) -> Iterator[Any]:
+    """`_drain_batches`, one message at a time."""
+    for batch in _drain_batches(consumer, ends, what, **kwargs):
+        yield from batch
 
 
 def _consumed(msg: Any) -> Consumed:
@@ -147,6 +164,89 @@ def _consumed(msg: Any) -> Consumed:
         msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], msg.key(), msg.value(),
         list(raw_headers),
     )  # fmt: skip
+
+
+class MessageBatch:
+    """Messages of one topic as librdkafka handed them over, their parts taken out column-wise
+    (one C call per message and part, no object per message): for readers that decode columns."""
+
+    __slots__ = ("messages", "timestamps_ms")
+
+    def __init__(self, messages: list[Message], timestamps_ms: list[int]) -> None:
+        self.messages = messages
+        self.timestamps_ms = timestamps_ms  # taken out already, to find the messages past until_ms
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def values(self) -> list[bytes | None]:
+        return list(map(Message.value, self.messages))
+
+    def headers(self) -> list[Any]:
+        """Each message's headers: a list of (name, value) pairs, or None."""
+        return list(map(Message.headers, self.messages))
+
+    def keys(self) -> list[bytes | None]:
+        return list(map(Message.key, self.messages))
+
+    def partitions(self) -> list[int]:
+        return list(map(Message.partition, self.messages))  # type: ignore[arg-type]
+
+    def offsets(self) -> list[int]:
+        return list(map(Message.offset, self.messages))  # type: ignore[arg-type]
+
+
+def read_batches(
+    settings: Settings,
+    bootstrap: str,
+    topic: str,
+    *,
+    quiet_s: float = 1.0,
+    timeout_s: float = 120.0,
+    until_ms: int | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> Iterator[MessageBatch]:
+    """Every message of a topic from the beginning to its end as of now, without a group commit,
+    in batches (`read_to_end`, without a Python object per message: see it for the end and
+    `until_ms`)."""
+    conf = consumer_config(
+        settings,
+        bootstrap,
+        group_id=f"ops-pipeline-reader-{time.monotonic_ns()}",
+        **{"enable.partition.eof": True, "fetch.queue.backoff.ms": 10,
+           "max.partition.fetch.bytes": FETCH_BYTES, "fetch.wait.max.ms": FETCH_WAIT_MS},
+    )  # fmt: skip
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(topic, timeout=15)
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None:
+            raise PipelineError(f"no such topic {topic!r}")
+        parts = [TopicPartition(topic, p, 0) for p in sorted(tmeta.partitions)]
+        consumer.assign(parts)
+        past: set[tuple[str, int]] = set()  # partitions past until_ms
+        known = end_offsets(settings, bootstrap, [topic])
+        for batch in _drain_batches(
+            consumer, {(topic, tp.partition): known.get((topic, tp.partition), 0) for tp in parts},
+            f"reading {topic}",
+            quiet_s=quiet_s, timeout_s=timeout_s, finished=past, batch_size=batch_size,
+            poll_s=min(0.1, quiet_s / 4),  # the quiet period ends within a quarter of itself
+        ):  # fmt: skip
+            stamps = list(map(_STAMP, map(Message.timestamp, batch)))
+            if until_ms is not None and max(stamps) > until_ms:  # a partition ends at its first later one
+                keep = []
+                for msg, stamp in zip(batch, stamps, strict=True):
+                    key = (topic, msg.partition() or 0)
+                    if key not in past and stamp > until_ms:
+                        past.add(key)
+                    if key not in past:
+                        keep.append(msg)
+                if not keep:
+                    continue
+                batch, stamps = keep, list(map(_STAMP, map(Message.timestamp, keep)))
+            yield MessageBatch(batch, stamps)
+    finally:
+        consumer.close()
 
 
 def read_to_end(
@@ -166,38 +266,16 @@ def read_to_end(
     With `until_ms`, a partition is also done at its first message timestamped later than that, so
     a read of a topic that is being written to still ends (those later messages are not returned).
     """
-    conf = consumer_config(
-        settings,
-        bootstrap,
-        group_id=f"ops-pipeline-reader-{time.monotonic_ns()}",
-        **{"enable.partition.eof": True, "fetch.queue.backoff.ms": 10},
-    )
-    consumer = Consumer(conf)
-    try:
-        meta = consumer.list_topics(topic, timeout=15)
-        tmeta = meta.topics.get(topic)
-        if tmeta is None or tmeta.error is not None:
-            raise PipelineError(f"no such topic {topic!r}")
-        parts = [TopicPartition(topic, p, 0) for p in sorted(tmeta.partitions)]
-        consumer.assign(parts)
-        past: set[tuple[str, int]] = set()  # partitions past until_ms
-        count = 0
-        known = end_offsets(settings, bootstrap, [topic])
-        for msg in _drain(
-            consumer, {(topic, tp.partition): known.get((topic, tp.partition), 0) for tp in parts},
-            f"reading {topic}",
-            quiet_s=quiet_s, timeout_s=timeout_s, finished=past,
-        ):  # fmt: skip
-            timestamp_ms = msg.timestamp()[1]
-            if until_ms is not None and timestamp_ms > until_ms:
-                past.add((topic, msg.partition()))
-                continue
+    count = 0
+    for batch in read_batches(
+        settings, bootstrap, topic, quiet_s=quiet_s, timeout_s=timeout_s, until_ms=until_ms,
+        batch_size=BATCH_SIZE if limit is None else max(1, min(BATCH_SIZE, limit)),
+    ):  # fmt: skip
+        for msg in batch.messages:
             yield _consumed(msg)
             count += 1
             if limit is not None and count >= limit:
                 return
-    finally:
-        consumer.close()
 
 
 def end_offsets(settings: Settings, bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     # Trading
     pipeline_accounts: str | None = None  # inline JSON, or a .json/.toml path; default large-100k + tiny-1k
     pipeline_clock: Literal["wall", "bar"] = "wall"  # "bar" in a replay: decisions at the bar's end
+    pipeline_close_allowance_s: float = 5.0  # wall clock: a minute waits this long for late bars
     alpaca_trading_url: str | None = None  # trading REST override (paper endpoint by default)
     alpaca_trading_stream_url: str | None = None  # trade_updates websocket override
     strategy_version: str | None = None
@@ -107,6 +108,11 @@ class Settings(BaseSettings):
     rss_timeout_seconds: float = Field(default=20.0, gt=0)  # total deadline per fetch
     classifier_batch_size: int = Field(default=16, gt=0)
     torch_num_threads: int | None = Field(default=1, ge=0)  # 0 = torch's default
+    # the features agent's engine snapshots (state.features): seconds of processing between two
+    # per partition; 0 = none written and none read (every start replays the retained bars)
+    features_snapshot_seconds: float = Field(default=300.0, ge=0)
+    # the watchlist agent's builder snapshots (state.watchlist), likewise; 0 = a full rebuild at start
+    watchlist_snapshot_seconds: float = Field(default=300.0, ge=0)
 
     # Notifications of alerts (connectors/notify.py): each receiver optional; URLs holding tokens
     # are secrets too

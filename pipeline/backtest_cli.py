@@ -19,17 +19,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from connectors.feeds import html_to_text
 from connectors.replay import FILE_COLUMNS, BarColumns, Rejected, counts_text, gc_paused, load_bar_columns
 from opsinfra.endpoints import resolve
 from opsinfra.errors import InputError, PipelineError
-from opsinfra.kafka_io import read_to_end
 from opsinfra.settings import Settings
 from pipeline.notebook import _as_utc
 from pipeline.report import FORMATS, _fmt, json_default, write_html, write_records, write_rows
-from schemas.avro_fast import decode_columns
 from schemas.codec import make_codec
 from schemas.records import Bar, Execution, Features, NewsItem, Recommendation, Record, ScoredNews
+from schemas.topic_columns import read_columns
 from schemas.topic_io import read_decoded
 from trading.accounts import AccountConfig, accounts_from_settings, load_accounts
 from trading.backtest import Backtester, BacktestResult
@@ -96,7 +94,7 @@ class Phases:
             self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
 
 
-def load_bars(
+def load_columns(
     settings: Settings,
     *,
     bars_file: Path | None,
@@ -104,11 +102,10 @@ def load_bars(
     start: datetime | None,
     end: datetime | None,
     symbols: set[str] | None,
-    phases: Phases | None = None,
-) -> tuple[list[Bar], list[Rejected]]:
-    """Bars in replay order ((ts, revision), stable, exact repeats dropped) and the rows rejected:
-    read and judged column-wise, selected, then made Bar records once."""
-    phases = phases or Phases()
+    phases: Phases,
+) -> tuple[BarColumns, list[Rejected]]:
+    """The bars in replay order ((ts, revision), stable, exact repeats dropped) as columns, and the
+    rows rejected: read and judged column-wise, then selected."""
     rejected: list[Rejected] = []
     if bars_file is not None:
         with phases.timed("load"):
@@ -118,23 +115,18 @@ def load_bars(
         assert topic is not None
         columns = _topic_bars(settings, topic, phases)
     with phases.timed("decode"):
-        bars = columns.select(start, end, symbols).bars()
-    return bars, rejected
+        return columns.select(start, end, symbols), rejected
 
 
 def _topic_bars(settings: Settings, topic: str, phases: Phases) -> BarColumns:
     """A topic's bars as columns in replay order (as `prepare_bars` orders records read back)."""
     physical = _physical(settings, topic)
     endpoints = resolve(settings, need_db=False)
-    values: list[bytes | None] = []
-    headers: list[Any] = []
-    with phases.timed("load"), gc_paused():  # a million messages kept: no collection need walk them
-        for m in read_to_end(settings, endpoints.kafka_bootstrap_servers, physical, quiet_s=0.5,
-                             until_ms=int(time.time() * 1000)):  # fmt: skip
-            values.append(m.value)
-            headers.append(m.headers)
+    with phases.timed("load"), gc_paused():  # decoded column-wise as the batches arrive
+        decoded = read_columns(settings, endpoints.kafka_bootstrap_servers,
+                               make_codec(endpoints.schema_registry_url), Bar, physical,
+                               quiet_s=0.5, until_ms=int(time.time() * 1000)).decoded  # fmt: skip
     with phases.timed("decode"):
-        decoded = decode_columns(make_codec(endpoints.schema_registry_url), Bar, physical, values, headers)
         columns, _ = BarColumns.from_decoded(decoded.columns, decoded.index).ordered()
     return columns
 
@@ -211,6 +203,7 @@ def _news_item(r: dict[str, Any]) -> NewsItem:
 
 
 def _text(html_or_text: str) -> str:
+    from connectors.feeds import html_to_text  # news files only: not loaded for every backtest
 
     return html_to_text(html_or_text)
 
@@ -326,10 +319,20 @@ def register(app: typer.Typer) -> None:
         format: Annotated[  # noqa: A002 - the option's name
             str, typer.Option("--format", help="Tables as csv or parquet (rejected.csv stays CSV).")
         ] = "csv",
+        clock: Annotated[
+            str, typer.Option(help="bar: each decision at its bar's end; recorded: the dispatch agent's "
+                                   "decisions over a live run's topics, at the times its minute closures "
+                                   "recorded (no --bars/--topic).")
+        ] = "bar",
     ) -> None:
         """Run features, signals, gates, fills and positions over bars in-process (bar time as the clock)."""
 
         settings: Settings = ctx.obj
+        if clock not in ("bar", "recorded"):
+            raise InputError(f"--clock {clock}: not a clock", hint="bar or recorded")
+        if clock == "recorded":
+            _run_recorded(settings, out, accounts, format)
+            return
         if (bars is None) == (topic is None):
             raise InputError("give exactly one of --bars FILE or --topic TOPIC",
                              hint="see `ops-pipeline backtest --help`")
@@ -347,15 +350,17 @@ def _run(
     chosen = _accounts(settings, accounts)
     wanted = {s.strip().upper() for s in symbols.split(",")} if symbols else None
     lo, hi = _option_time("--start", start), _option_time("--end", end)
-    bar_list, rejected = load_bars(
+    columns, rejected = load_columns(
         settings, bars_file=bars, topic=topic, start=lo, end=hi, symbols=wanted, phases=phases
     )
+    with phases.timed("decode"):  # what the engine reads of each bar; no Bar record is made
+        bar_rows, n_bars, first = columns.rows(), len(columns), columns.first_ts()
     scored = load_news(settings, news_file=news, topic=news_topic)
     calendar = TradingCalendar()
     bt = Backtester(chosen, calendar, strategy_from_settings(settings))
     bt.add_news(scored)
-    if bar_list:
-        calendar.session(bar_list[0].ts.date())  # load the calendar before the clock starts
+    if first is not None:
+        calendar.session(first.date())  # load the calendar before the clock starts
     with Progress(
         TextColumn("backtest"),
         BarColumn(),
@@ -364,7 +369,7 @@ def _run(
         TimeRemainingColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("bars", total=len(bar_list), rate="")
+        task = progress.add_task("bars", total=n_bars, rate="")
         t0 = time.perf_counter()
 
         def tick(n: int) -> None:
@@ -372,17 +377,27 @@ def _run(
             progress.update(task, completed=n, rate=f"{rate:,.0f} bars/s")
 
         with phases.timed("engine"):
-            result = bt.run(bar_list, progress=tick)
-        progress.update(task, completed=len(bar_list), rate=f"{result.bars_per_s or 0:,.0f} bars/s")
+            result = bt.run_rows(bar_rows, progress=tick)
+        progress.update(task, completed=n_bars, rate=f"{result.bars_per_s or 0:,.0f} bars/s")
     result.skipped_bars += len(rejected)
     with phases.timed("write"), gc_paused():
-        summary = write_outputs(out, result, f"ops-pipeline backtest ({len(bar_list)} bars)", rejected, fmt)
+        summary = write_outputs(out, result, f"ops-pipeline backtest ({n_bars} bars)", rejected, fmt)
     summary["phases_s"] = {k: round(phases.seconds[k], 3) for k in PHASES if k in phases.seconds}
     summary["phases_cpu_s"] = {k: round(phases.cpu[k], 3) for k in PHASES if k in phases.cpu}
     write_summary(out, summary)
     print_summary(summary)
     names = " ".join(f"{n}.{fmt}" for n in ("features", "signals", "executions", "trades"))
     console.print(f"wrote {out}/: {names} rejected.csv summary.json report.html")
+
+
+def _run_recorded(settings: Settings, out: Path, accounts: str | None, fmt: str) -> None:
+    from pipeline.recorded_backtest import run_recorded
+
+    endpoints = resolve(settings, need_db=False)
+    run = run_recorded(settings, endpoints.kafka_bootstrap_servers, make_codec(endpoints.schema_registry_url),
+                       _accounts(settings, accounts), out, fmt)
+    console.print(f"{len(run.executions)} decisions in {run.steps} minute steps ({run.late} late records, "
+                  f"{run.held} held in still-open minutes); wrote {out}/: executions.{fmt} summary.json")
 
 
 def _accounts(settings: Settings, accounts: str | None) -> tuple[AccountConfig, ...]:

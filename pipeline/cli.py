@@ -4,6 +4,7 @@ meets ends here as one line, `error: <what> (<what to do>)`, exit 2 (configurati
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from rich.table import Table
 from opsinfra.endpoints import resolve
 from opsinfra.errors import ConfigError, InputError, PipelineError
 from opsinfra.settings import Settings, redact_url
-from pipeline import backtest_cli, bars_cli, control_cli, explain
+from pipeline import backtest_cli, bars_cli, control_cli, dashboard, explain
 from pipeline.boundary import Shell
 from pipeline.provision import admin_client, provision
 from schemas.topics import ALL_TOPICS
@@ -128,7 +129,8 @@ def up(ctx: typer.Context) -> None:
         console.print(f"topics created: {len(created)}; migrations applied: {len(applied)}")
         console.print(f"state: {services.data_dir / 'state.json'} — Ctrl-C to stop")
         sys.stdout.flush()
-        signum = _wait_for_signal()
+        with dashboard.alongside(settings, resolve(settings), os.environ):  # when DASHBOARD_PORT is set
+            signum = _wait_for_signal()
         console.print(f"{signal.Signals(signum).name}: stopping the embedded services")
     finally:
         services.stop()
@@ -233,7 +235,10 @@ def run(
         return
     from pipeline.supervisor import supervise
 
-    raise typer.Exit(supervise(names, settings))
+    # DASHBOARD_PORT set: the supervisor serves the page too (its children, one stage each, do not)
+    with dashboard.alongside(settings, endpoints, os.environ):
+        code = supervise(names, settings)
+    raise typer.Exit(code)
 
 
 def _run_one(name: str, settings: Settings, endpoints: Any) -> None:
@@ -399,7 +404,7 @@ def demo(ctx: typer.Context) -> None:
     raise typer.Exit(run_demo(_settings(ctx), console))
 
 
-for _commands in (bars_cli, explain, backtest_cli, control_cli):  # each adds its commands: register(app)
+for _commands in (bars_cli, explain, backtest_cli, control_cli, dashboard):  # each: register(app)
     _commands.register(app)
 
 

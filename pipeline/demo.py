@@ -36,6 +36,7 @@ from schemas.codec import decode, make_codec
 from schemas.records import Alert, BrokerAccount, ControlEvent, Execution, NewsItem
 from schemas.topic_io import RecordProducer, read_records
 from schemas.topics import ALERTS, ALL_TOPICS, BROKER_ACCOUNTS, BROKER_POSITIONS, CONTROL, NEWS_RAW, NEWS_SCORED
+from schemas.topics import STATE_TOPICS
 from trading.accounts import accounts_from_settings, parse_accounts
 from trading.gates import DEFAULT_ACCOUNTS, AccountConfig
 from trading.backtest import Backtester
@@ -130,7 +131,7 @@ def wait_drained(
 ) -> float:
     """Until every group that consumes a contract topic has committed its end, and the sink's
     offsets reach the end of every topic, twice in a row with nothing new written."""
-    names = [settings.topic(t.name) for t in ALL_TOPICS]
+    names = [settings.topic(t.name) for t in ALL_TOPICS if t not in STATE_TOPICS]  # not in the sink
     inputs = {settings.topic(t) for t in INPUT_TOPICS}
     started = time.monotonic()
     previous: dict[tuple[str, int], int] | None = None

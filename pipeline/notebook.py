@@ -5,6 +5,7 @@ records' own time (never offsets_for_times); `read_table` reaches history beyond
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -14,9 +15,10 @@ from opsinfra.endpoints import resolve
 from opsinfra.errors import DecodeError
 from opsinfra.kafka_io import Consumed, read_to_end
 from opsinfra.settings import Settings
-from schemas.avro_fast import Column, Decoded, Unsupported, decode_columns
+from schemas.avro_columns import Column, Unsupported
 from schemas.codec import Codec, decode, make_codec
 from schemas.records import Record
+from schemas.topic_columns import TopicColumns, read_columns
 from schemas.topics import spec as topic_spec
 
 if TYPE_CHECKING:
@@ -100,18 +102,20 @@ def read_topic(
         time_field=_TIME_FIELD.get(spec.record.SCHEMA), symbol_field=_SYMBOL_FIELD.get(spec.record.SCHEMA),
         limit=limit, columns=[*spec.record.field_names(), "_partition", "_offset", "_timestamp", "_key"],
     )  # fmt: skip
-    batch = _Batch()
+    # 0.2 s: on a broker whose end offsets are lower bounds (Tansu: its last batch's base offset + 1),
+    # reaching them means that batch came whole; the quiet period only covers stragglers
+    read = {"quiet_s": 0.2, "until_ms": int(time.time() * 1000)}
     with gc_paused():
-        for m in read_to_end(settings, endpoints.kafka_bootstrap_servers, physical, quiet_s=0.5,
-                             until_ms=int(time.time() * 1000)):  # fmt: skip
-            batch.add(m)
         try:
-            decoded = decode_columns(codec, spec.record, physical, batch.values, batch.headers,
-                                     partitions=batch.partitions, offsets=batch.offsets)  # fmt: skip
+            topic_columns = read_columns(settings, endpoints.kafka_bootstrap_servers, codec, spec.record,
+                                         physical, positions=True, **read)  # fmt: skip
         except Unsupported:  # a record with nested fields: record by record
+            batch = _Batch()
+            for m in read_to_end(settings, endpoints.kafka_bootstrap_servers, physical, **read):  # type: ignore[arg-type]
+                batch.add(m)
             df, bad = _frame_of_records(codec, spec.record, physical, batch, query)
         else:
-            df, bad = _frame_of_columns(decoded, batch, query), len(decoded.errors)
+            df, bad = _frame_of_columns(topic_columns, query), len(topic_columns.decoded.errors)
     df.attrs["topic"] = physical
     df.attrs["undecodable"] = bad
     return df
@@ -148,14 +152,14 @@ class _Batch:
         self.keys.append(m.key)
 
 
-def _frame_of_columns(decoded: Decoded, batch: _Batch, q: _Query) -> pd.DataFrame:
+def _frame_of_columns(read: TopicColumns, q: _Query) -> pd.DataFrame:
     """The DataFrame pandas would build from the decoded records' dicts, built from columns."""
     import numpy as np
     import pandas as pd
 
-    cols, at = decoded.columns, decoded.index
-    partition = np.asarray(batch.partitions, np.int64)[at]
-    offset = np.asarray(batch.offsets, np.int64)[at]
+    cols, at = read.decoded.columns, read.decoded.index
+    partition = read.partitions[at]
+    offset = read.offsets[at]
     keep = np.ones(len(at), bool)
     if q.time_field is not None:
         when = cols[q.time_field].values
@@ -168,7 +172,7 @@ def _frame_of_columns(decoded: Decoded, batch: _Batch, q: _Query) -> pd.DataFram
         keep &= np.isin(sym.values, [i for i, s in enumerate(sym.labels or ()) if str(s).upper() in q.wanted])
     rows = np.flatnonzero(keep)
     if q.time_field is not None:
-        rows = rows[np.lexsort((offset[rows], partition[rows], cols[q.time_field].values[rows]))]
+        rows = rows[_time_order(cols[q.time_field].values[rows], partition[rows])]
     if q.limit is not None:
         rows = rows[: q.limit]
     if not len(rows):
@@ -176,10 +180,22 @@ def _frame_of_columns(decoded: Decoded, batch: _Batch, q: _Query) -> pd.DataFram
     data = {name: _series(c, rows) for name, c in cols.items()}
     data["_partition"] = partition[rows]
     data["_offset"] = offset[rows]
-    stamps = np.asarray(batch.timestamps, np.int64)[at[rows]] * 1000
+    stamps = read.timestamps_ms[at[rows]] * 1000
     data["_timestamp"] = pd.Series(stamps.astype("datetime64[us]")).dt.tz_localize("UTC")
-    data["_key"] = _keys([batch.keys[i] for i in at[rows].tolist()])
-    return pd.DataFrame({name: pd.Series(data[name]).reset_index(drop=True) for name in q.columns})
+    assert read.keys is not None
+    data["_key"] = _keys(read.keys, at[rows])
+    return pd.DataFrame({name: data[name] for name in q.columns}, copy=False)
+
+
+def _time_order(when: Any, partition: Any) -> Any:
+    """The order of rows by (time, partition, offset), for rows in the order they were read (each
+    partition's in offset order): two stable sorts, by partition (a radix sort of small numbers),
+    then by time (a merge of each partition's runs, mostly in time order already)."""
+    import numpy as np
+
+    small = partition.astype(np.int16) if len(partition) and partition.max() < 2**15 else partition
+    by_partition = np.argsort(small, kind="stable")
+    return by_partition[np.argsort(when[by_partition], kind="stable")]
 
 
 def _series(c: Column, rows: Any) -> Any:
@@ -193,8 +209,7 @@ def _series(c: Column, rows: Any) -> Any:
     if nulls is not None and nulls.all():  # nothing but None: pandas keeps objects
         return np.full(len(rows), None, object)
     if c.kind == "string":
-        labels = np.array([*(c.labels or ()), None], object)
-        return pd.Series(labels[np.where(nulls, len(labels) - 1, values) if nulls is not None else values])
+        return _texts(c.labels or [], values, nulls)
     if c.kind == "timestamp-micros":
         series = pd.Series(values.astype("datetime64[us]")).dt.tz_localize("UTC")
         return series.where(~nulls) if nulls is not None and nulls.any() else series
@@ -207,12 +222,34 @@ def _series(c: Column, rows: Any) -> Any:
     return np.where(nulls, np.nan, values.astype(np.float64))
 
 
-def _keys(keys: list[bytes | None]) -> Any:
-    """Message keys as text (once per distinct key)."""
+def _texts(labels: Sequence[str], codes: Any, nulls: Any) -> Any:
+    """Text as pandas infers it from str values (and None): built by Arrow from the labels, with no
+    Python object per row when pandas stores text in Arrow (its default since 3.0)."""
     import numpy as np
+    import pandas as pd
+    import pyarrow as pa
 
-    distinct = {k: (None if k is None else k.decode("utf-8", "replace")) for k in set(keys)}
-    return np.array(list(map(distinct.__getitem__, keys)), object)
+    dtype = pd.Series(["text"]).dtype
+    if not isinstance(dtype, pd.StringDtype):  # text as Python objects (future.infer_string off)
+        table = np.array([*labels, None], object)
+        return pd.Series(table[np.where(nulls, len(labels), codes) if nulls is not None else codes])
+    taken = pa.array(labels, pa.string()).take(pa.array(codes, pa.int32(), mask=nulls))
+    return pd.Series(taken, dtype=dtype)
+
+
+def _keys(keys: list[bytes | None], rows: Any) -> Any:
+    """The `rows` of the message keys as text (decoded once per distinct key)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(pa.array(keys, pa.binary()))
+    labels = [k.decode("utf-8", "replace") for k in encoded.dictionary.to_pylist()]
+    codes = encoded.indices.fill_null(0).to_numpy()[rows]
+    nulls = encoded.indices.is_null().to_numpy(zero_copy_only=False)[rows] if encoded.null_count else None
+    if nulls is not None and nulls.all():  # nothing but None: pandas keeps objects
+        return np.full(len(rows), None, object)
+    return _texts(labels, codes, nulls)
 
 
 def _frame_of_records(

@@ -8,7 +8,6 @@ import csv
 import functools
 import html
 import io
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from pipeline.json_cells import json_default, to_json, to_json_cell  # noqa: F401 - json_default too
 from schemas.codec import SchemaSet
 from schemas.records import Record
 from trading.ledger import Ledger, drawdown
@@ -96,23 +96,6 @@ def _arrow_type(kind: str) -> Any:
     types = {"float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(), "str": pa.string(),
              "time": pa.timestamp("us", tz="UTC")}
     return types[kind]
-
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "to_avro"):
-        return value.to_avro()
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-def to_json(value: Any) -> str:
-    """json.dumps(value, default=json_default, sort_keys=True), with one encoder for all: records
-    hold no cycles to check for."""
-    return _ENCODER(value)
-
-
-_ENCODER = json.JSONEncoder(default=json_default, sort_keys=True, check_circular=False).encode
 
 
 def record_kinds(record_type: type[Record]) -> dict[str, str]:
@@ -248,7 +231,7 @@ class _Builder:
         import pyarrow as pa
 
         if not self.ok:  # JSON of maps and lists; values of a type the schema does not say
-            text = to_json if self.kind == "json" else lambda v: str(_cell(v))
+            text = to_json_cell if self.kind == "json" else lambda v: str(_cell(v))
             texts = [None if v is None else text(v) for v in values()]
             return _Column("text", pa.array(texts, pa.string()))
         if self.kind in ("str", "time"):

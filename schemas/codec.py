@@ -214,6 +214,7 @@ class RegistryCodec:
         self.client = client or SchemaRegistryClient.new_client({"url": url, **conf})
         self._serializers: dict[tuple[str, str], Any] = {}
         self._deserializers: dict[str, Any] = {}
+        self._current: dict[tuple[int, str], bool] = {}
 
     def encode(self, topic: str, record: Record) -> tuple[bytes, Headers]:
         from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -230,6 +231,20 @@ class RegistryCodec:
         except Exception as exc:  # SerializationError, SchemaRegistryError, fastavro errors
             raise SchemaError(f"{record.SCHEMA} on {topic}: {exc}") from exc
         return out, []
+
+    def is_current(self, schema_id: int, record_type: type[Record]) -> bool:
+        """Whether values framed with `schema_id` are written in the current schema of `record_type`
+        (then a reader of that schema reads them as the deserializer does); False when unknown."""
+        key = (schema_id, record_type.SCHEMA)
+        known = self._current.get(key)
+        if known is None:
+            try:
+                registered = json.loads(self.client.get_schema(schema_id).schema_str or "")
+                known = fastavro.parse_schema(registered) == self.schemas.get(record_type.SCHEMA).parsed
+            except Exception:  # noqa: BLE001 - unknown id, registry down: the deserializer decides
+                known = False
+            self._current[key] = known
+        return known
 
     def decode_dict(
         self,

@@ -344,8 +344,18 @@ class OptionQuote(Record):
     gamma: float | None
     theta: float | None
     vega: float | None
-    source: str
+    source: str  # quote | snapshot | chain (a chain snapshot) | model (trading.option_pricing)
     fetched_at: datetime
+    # v2: what a chain snapshot adds, so a backtest over the topic chooses the same contract
+    expiration: str | None = None  # ISO date
+    strike: float | None = None
+    option_type: str | None = None  # call or put
+    open_interest: int | None = None
+    penny_program: bool | None = None  # Alpaca's ppind; None: unknown (the coarser ticks apply)
+    underlying_price: float | None = None
+    chain_id: str | None = None  # underlying@as_of of the chain snapshot
+    chain_as_of: datetime | None = None
+    modelled: bool = False  # priced by Black-Scholes (trading.option_pricing), not quoted
 
     def key(self) -> str:
         return self.contract
@@ -433,6 +443,66 @@ class ControlEvent(Record):
         return self.account
 
 
+MINUTE_STAGES = ("features", "signals")
+CLOSE_REASONS = ("complete", "deadline", "next_minute", "idle")
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteClosed(Record):
+    """A stage's watermark for one partition: `minute` (and every earlier one) is closed there."""
+
+    SCHEMA: ClassVar[str] = "minute_closed"
+    stage: str
+    partition: int
+    minute: datetime
+    reason: str
+    upto_offset: int
+    input_upto: int
+    at: datetime
+
+    def key(self) -> str:
+        return f"{self.stage}:{self.partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSnapshot(Record):
+    """The features agent's engine state of one bars partition (state.features, compacted)."""
+
+    SCHEMA: ClassVar[str] = "feature_snapshot"
+    partition: int
+    chunk: int
+    chunks: int
+    next_offset: int
+    format: int
+    engine_version: str
+    symbols: int
+    state: bytes
+    checksum: str
+    taken_at: datetime
+    worker: str
+
+    def key(self) -> str:
+        return f"{self.partition}:{self.chunk}"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchlistSnapshot(Record):
+    """The watchlist agent's builder state (state.watchlist, compacted, one partition)."""
+
+    SCHEMA: ClassVar[str] = "watchlist_snapshot"
+    offsets: list[int]
+    published: datetime | None
+    format: int
+    code_version: str
+    state: bytes
+    checksum: str
+    taken_at: datetime
+    worker: str
+
+    def key(self) -> str:
+        return "watchlist"
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.SCHEMA: cls
     for cls in (
@@ -452,5 +522,9 @@ RECORD_TYPES: dict[str, type[Record]] = {
         ReconcileEvent,
         Alert,
         ControlEvent,
+        MinuteClosed,
+        FeatureSnapshot,
+        WatchlistSnapshot,
     )
 }
+

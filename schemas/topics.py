@@ -12,18 +12,21 @@ from schemas.records import (
     BrokerAccount,
     BrokerPosition,
     ControlEvent,
-    EquityPoint,
-    OptionQuote,
-    ReconcileEvent,
     DeadLetter,
+    EquityPoint,
     Execution,
     Features,
+    FeatureSnapshot,
+    MinuteClosed,
     NewsItem,
+    OptionQuote,
     Position,
     Recommendation,
+    ReconcileEvent,
     Record,
     ScoredNews,
     WatchlistEntry,
+    WatchlistSnapshot,
 )
 
 DAY_MS = 24 * 3600 * 1000
@@ -74,6 +77,9 @@ RECONCILE = TopicSpec("reconcile", ReconcileEvent, "account", SYMBOL_PARTITIONS,
 # every change is also kept in the control_events table).
 ALERTS = TopicSpec("alerts", Alert, "rule:subject", SYMBOL_PARTITIONS, 90 * DAY_MS)
 CONTROL = TopicSpec("control", ControlEvent, "account or *", SYMBOL_PARTITIONS, 3650 * DAY_MS, "compact")
+# Watermarks: "minute M closed in partition p" from the features and signal agents, written to
+# partition p (co-partitioned with features.1m and signals), read by the signal and dispatch agents.
+CLOCK = TopicSpec("clock.minutes", MinuteClosed, "stage:partition", SYMBOL_PARTITIONS, 30 * DAY_MS)
 
 CONTRACT: tuple[TopicSpec, ...] = (
     BARS,
@@ -91,8 +97,16 @@ CONTRACT: tuple[TopicSpec, ...] = (
     RECONCILE,
     ALERTS,
     CONTROL,
+    CLOCK,
 )
-ALL_TOPICS: tuple[TopicSpec, ...] = CONTRACT + tuple(t.dlq for t in CONTRACT)
+# A stage's own state, re-derivable from the contract topics, so not stored by the sink: the features
+# agent's engine snapshots, written to the partition of the bars partition they cover.
+FEATURE_STATE = TopicSpec("state.features", FeatureSnapshot, "bars partition:chunk", SYMBOL_PARTITIONS,
+                          3650 * DAY_MS, "compact")
+# The watchlist agent's builder snapshots (one worker over every partition: one partition).
+WATCHLIST_STATE = TopicSpec("state.watchlist", WatchlistSnapshot, "watchlist", 1, 3650 * DAY_MS, "compact")
+STATE_TOPICS: tuple[TopicSpec, ...] = (FEATURE_STATE, WATCHLIST_STATE)
+ALL_TOPICS: tuple[TopicSpec, ...] = CONTRACT + tuple(t.dlq for t in CONTRACT) + STATE_TOPICS
 _BY_NAME = {t.name: t for t in ALL_TOPICS}
 
 

@@ -114,10 +114,18 @@ def _option_quote(d: dict[str, Any]) -> Row:
     for name in ("bid", "ask", "bid_size", "ask_size"):
         if d[name] is not None and not d[name] >= 0:  # NaN fails too
             raise InvalidRecord(f"{name} {d[name]!r} is negative or not a number")
+    option_type = d["option_type"]
+    if option_type is not None and option_type not in OPTION_TYPES:
+        raise InvalidRecord(f"option_type {option_type!r} is not call or put")
+    open_interest = d["open_interest"]
+    if open_interest is not None and open_interest < 0:
+        raise InvalidRecord(f"open_interest {open_interest!r} is negative")
     return (
         d["contract"], d["underlying"], d["as_of"], d["bid"], d["ask"], d["bid_size"], d["ask_size"],
         d["last"], d["iv"], d["delta"], d["gamma"], d["theta"], d["vega"], d["source"],
-        d["fetched_at"],
+        d["fetched_at"], _expiration(d["expiration"]), finite(d["strike"], "strike"), option_type,
+        open_interest, d["penny_program"], finite(d["underlying_price"], "underlying_price"),
+        d["chain_id"], d["chain_as_of"], d["modelled"],
     )
 
 
@@ -126,7 +134,10 @@ OPTION_QUOTES_ROWS = TableSpec(
     (("contract", "text"), ("underlying", "text"), ("as_of", "timestamptz"), ("bid", "float8"),
      ("ask", "float8"), ("bid_size", "float8"), ("ask_size", "float8"), ("last", "float8"),
      ("iv", "float8"), ("delta", "float8"), ("gamma", "float8"), ("theta", "float8"),
-     ("vega", "float8"), ("source", "text"), ("fetched_at", "timestamptz")),
+     ("vega", "float8"), ("source", "text"), ("fetched_at", "timestamptz"), ("expiration", "date"),
+     ("strike", "float8"), ("option_type", "text"), ("open_interest", "int8"), ("penny_program", "bool"),
+     ("underlying_price", "float8"), ("chain_id", "text"), ("chain_as_of", "timestamptz"),
+     ("modelled", "bool")),
     ("contract", "as_of"), _option_quote, "DO NOTHING",
 )
 

@@ -42,7 +42,9 @@ _BAD_RECORD = (DecodeError, InvalidRecord, KeyError, TypeError, AttributeError)
 @dataclass(frozen=True, slots=True)
 class SinkConfig:
     name: str = "postgres"  # the `sink` column of sink_offsets; one position per sink name
-    topics: tuple[str, ...] = tuple(t.name for t in CONTRACT)  # contract (unprefixed) names
+    # contract (unprefixed) names; not the .dlq topics, nor schemas.topics.STATE_TOPICS (a stage's
+    # own snapshots, e.g. state.features: re-derivable from the contract topics, so not stored)
+    topics: tuple[str, ...] = tuple(t.name for t in CONTRACT)
     max_records: int = 10_000  # per batch and transaction
     max_latency_s: float = 0.5  # a partial batch is written after this long
     backoff_initial_s: float = 0.25

@@ -10,9 +10,10 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from schemas.records import ACTIONS, EXECUTION_STATUSES, SENTIMENT_LABELS
+from schemas.records import ACTIONS, EXECUTION_STATUSES, MINUTE_STAGES, SENTIMENT_LABELS
 from schemas.topics import (
     BARS,
+    CLOCK,
     EXECUTIONS,
     FEATURES,
     NEWS_RAW,
@@ -243,6 +244,19 @@ WATCHLIST_STATE = TableSpec(
     "DO NOTHING",
 )
 
+# --- clock.minutes -> clock_minutes: the first closure of (stage, partition, minute) stays ---
+def _closed(d: dict[str, Any]) -> Row:
+    return (one_of(d["stage"], MINUTE_STAGES, "stage"), d["partition"], d["minute"], d["reason"],
+            d["upto_offset"], d["input_upto"], d["at"])
+
+
+CLOCK_MINUTES = TableSpec(
+    CLOCK, "clock_minutes",
+    (("stage", "text"), ("partition", "int4"), ("minute", "timestamptz"), ("reason", "text"),
+     ("upto_offset", "int8"), ("input_upto", "int8"), ("at", "timestamptz")),
+    ("stage", "partition", "minute"), _closed, "DO NOTHING",
+)
+
 # Write order inside a transaction: signals before executions, so a recommendation row made
 # from an execution in the same batch is already filled by its signal.
 TABLES: tuple[TableSpec, ...] = (
@@ -261,6 +275,7 @@ TABLES: tuple[TableSpec, ...] = (
     RECONCILE_EVENTS,
     ALERTS_ROWS,
     CONTROL_EVENTS,
+    CLOCK_MINUTES,
 )
 BY_TOPIC: dict[str, TableSpec] = {t.topic.name: t for t in TABLES}
 # every table the sink reads or writes, for the start-up check and the least-privilege role

@@ -1,6 +1,7 @@
 """The dispatch agent: one faust agent per account, signals + features.1m -> executions, exactly one
-decision per (recommendation, account) across redeliveries and restarts. Runs as one worker: an
-account's limits need all of its signals in one place.
+decision per (recommendation, account) across redeliveries and restarts, minute by minute as the
+watermarks on clock.minutes close them. Runs as one worker: an account's limits need all of its
+signals in one place.
 """
 
 from __future__ import annotations
@@ -16,21 +17,18 @@ from typing import Any
 
 from connectors.alpaca_trading import AlpacaOrders
 from opsinfra.endpoints import Endpoints
-from opsinfra.kafka_config import admin_config
 from opsinfra.settings import Settings
 from schemas.records import (
-    BrokerAccount,
-    BrokerPosition,
     ControlEvent,
     Execution,
     Features,
-    OptionQuote,
-    Recommendation,
+    MinuteClosed,
     Record,
 )
 from schemas.topics import (
     BROKER_ACCOUNTS,
     BROKER_POSITIONS,
+    CLOCK,
     CONTROL,
     EQUITY,
     EXECUTIONS,
@@ -41,21 +39,20 @@ from schemas.topics import (
 )
 from streams.app import EventIO, PipelineApp, add_agent, run_stage
 from streams.dispatch_broker import BrokerSide
+from streams.offsets import start_offsets
 from trading.accounts import AccountDesk, accounts_from_settings
 from trading.broker import decided_at
 from trading.calendar import SessionCalendar, TradingCalendar
 from trading.clock import MINUTE, Clock, WallClock
 from trading.execution import FAILED, FILLED, SKIPPED, SUBMITTED, exit_reason_of
 from trading.gates import DEFAULT_ACCOUNTS, AccountConfig
-from trading.ordering import EventTimeBuffer, SignalProgress
+from trading.ordering import FEATURES_INPUT, SIGNALS_INPUT, MinuteReleaser, Step
 from trading.reconcile import equity_point, rebuild_view
+from trading.recorded_clock import DECIDED_ON, closed_of, decide, decision_time
 
 log = logging.getLogger(__name__)
 
 STAGE = "dispatch"
-# what the desks decide on, in canonical order: bars (exits), signals, the broker's records and the
-# operator's control records
-_DECIDED_ON = (Features, Recommendation, BrokerAccount, BrokerPosition, OptionQuote, ControlEvent)
 APP_ID = "ops-pipeline-dispatch"
 
 
@@ -64,7 +61,7 @@ class DispatchConfig:
     accounts: tuple[AccountConfig, ...] = DEFAULT_ACCOUNTS
     clock: str = "wall"  # "wall" live; "bar" in a replay: each event is decided at its bar's end
     batch_size: int = 200
-    batch_within_s: float = 0.05
+    batch_within_s: float = 0.01
     reconcile_every_s: float = 30.0
     unknown_after_s: float = 120.0  # an unknown order Alpaca still does not know this long: FAILED
     order_timeout_s: float = 10.0
@@ -75,15 +72,11 @@ class DispatchConfig:
     snapshot_every_s: float = 30.0  # broker state: at start, this often, and after trade updates
     quotes_every_s: float = 60.0  # option quotes of held contracts
     equity: bool = True  # an equity point per account each minute
-    # event-time order (trading.ordering): a minute is decided once every features partition has
-    # moved past it and `order_grace_s` more has passed for its signals; `order_idle_s` of silence
-    # releases everything held
-    order_grace_s: float = 0.5
-    order_idle_s: float = 2.0
-    release_every_s: float = 0.2
-    # ... and once the signal agent (this consumer group, under the topic prefix) has committed past
-    # every bar of the minute: its signals for that minute are then on the signals topic
-    signals_group: str | None = "ops-pipeline-signals"
+    # minute order (trading.ordering.MinuteReleaser): a minute is decided once every partition's
+    # signals closure on clock.minutes covers it; broker and control records no closure lets go
+    # for `max_hold_s` (features or signal agent down) go on their own (checked every release_every_s)
+    max_hold_s: float = 90.0
+    release_every_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.clock not in ("wall", "bar"):
@@ -132,11 +125,9 @@ class DispatchHandler(BrokerSide):
         self.calendar = calendar or TradingCalendar()
         self.io = EventIO(papp, STAGE)
         self.desks = {a.name: AccountDesk(a, self.calendar) for a in config.accounts}
-        self.buffers = {a.name: EventTimeBuffer(config.order_grace_s, config.order_idle_s,
-                                                gate_on_progress=config.signals_group is not None,
-                                                quiet_waits_for_bars=config.clock == "bar")
+        self.buffers = {a.name: MinuteReleaser(SIGNALS.partitions, max_hold_s=config.max_hold_s)
                         for a in config.accounts}
-        self._admin: Any = None
+        self._closures: dict[str, list[tuple[datetime, Any]]] = {a.name: [] for a in config.accounts}
         self.streams: dict[str, Any] = {}  # account -> its agent's stream, to ack released events
         super().__init__(papp.settings, config, self.io.send, orders=orders, now=self.clock.now)
         self._equity_minute: dict[str, datetime] = {}
@@ -150,7 +141,7 @@ class DispatchHandler(BrokerSide):
         self._lock: asyncio.Lock | None = None
         self.features_topic = papp.settings.topic(FEATURES.name)
         self.signals_topic = papp.settings.topic(SIGNALS.name)
-        self.signal_commits = SignalProgress()  # the signal agent's commits, once trustworthy
+        self._kinds = {self.features_topic: FEATURES_INPUT, self.signals_topic: SIGNALS_INPUT}
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -197,10 +188,10 @@ class DispatchHandler(BrokerSide):
             return
         self.desks = await asyncio.to_thread(self.rebuild_sync)
         starts = await asyncio.to_thread(self.start_offsets)
-        for buffer in self.buffers.values():
+        for name, buffer in self.buffers.items():
             buffer.clear()  # not acked: the reassigned partitions deliver them again
-            buffer.expect(starts.get(self.features_topic, {}))
-        self.signal_commits.reset(starts.get(self.signals_topic, {}))
+            buffer.expect({kind: starts.get(topic, {}) for topic, kind in self._kinds.items()})
+            self._closures[name] = []
         self.stale = False
         await self._reconcile()
 
@@ -209,112 +200,53 @@ class DispatchHandler(BrokerSide):
             await self._ensure_state()
 
     async def batch(self, name: str, first: bool, events: Sequence[Any]) -> None:
-        """Buffers a batch in event-time order, decides what is complete, acks what was decided."""
+        """Holds a batch's inputs, decides the minutes the watermarks closed, acks what was decided."""
         async with self.lock:
             await self._ensure_state()
             buffer = self.buffers[name]
             done: list[Any] = []
             futures: list[Awaitable[Any]] = []
-            progress = self.signal_commits
             for event in events:
                 msg = event.message
-                if msg.topic == self.signals_topic:
-                    progress.consumed(msg.partition, msg.offset)
+                kind = self._kinds.get(msg.topic)
                 try:
                     record = self.io.decode(event)
                 except Exception as exc:  # noqa: BLE001 - undecodable input: one dead letter per event
+                    if kind is not None:
+                        buffer.consumed(kind, msg.partition, msg.offset)
                     if first:
                         futures.append(await self.io.dead_letter(event, exc))
                     done.append(event)
                     continue
-                if not isinstance(record, _DECIDED_ON):
-                    done.append(event)
-                    continue
-                if isinstance(record, Features):
-                    buffer.add(record, (record, event), clock_partition=event.message.partition,
-                               offset=event.message.offset)
+                if isinstance(record, MinuteClosed):
+                    if record.stage == "signals":
+                        buffer.close(closed_of(record))
+                        self._closures[name].append((record.minute, event))  # acked once used
+                    else:
+                        done.append(event)
+                elif isinstance(record, DECIDED_ON):
+                    if kind is None:
+                        buffer.add(record, (record, event))  # quiet: broker and control records
+                    else:
+                        buffer.add(record, (record, event), kind=kind, partition=msg.partition,
+                                   offset=msg.offset)
                 else:
-                    buffer.add(record, (record, event), quiet=not isinstance(record, Recommendation))
+                    if kind is not None:
+                        buffer.consumed(kind, msg.partition, msg.offset)
+                    done.append(event)
             if futures:
                 await asyncio.gather(*futures)
             done += await self._release(name)
         await self._ack(name, done)
 
-    def _admin_client(self) -> Any:
-        if self._admin is None:
-            from confluent_kafka.admin import AdminClient
-
-
-            bootstrap = self.endpoints.kafka_bootstrap_servers
-            self._admin = AdminClient(admin_config(self.papp.settings, bootstrap))
-        return self._admin
-
-    def _committed(self, group: str) -> dict[str, dict[int, int]]:
-        """A consumer group's committed offsets: topic -> partition -> offset (blocking)."""
-        from confluent_kafka import ConsumerGroupTopicPartitions
-
-        fut = self._admin_client().list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-        out: dict[str, dict[int, int]] = {}
-        for tp in fut.result(timeout=5).topic_partitions:
-            if tp.offset >= 0:
-                out.setdefault(tp.topic, {})[tp.partition] = tp.offset
-        return out
-
     def start_offsets(self) -> dict[str, dict[int, int]]:
-        """Where this worker's consumer starts each assigned partition: the group's committed offset,
-        else the earliest (blocking). Only the features.1m and signals partitions matter here."""
-        assigned: set[tuple[str, int]] = set()
-        try:
-            assigned = {(tp.topic, tp.partition) for tp in self.papp.app.consumer.assignment()}
-        except Exception as exc:  # noqa: BLE001 - no consumer yet: a single worker has every partition
-            log.debug("dispatch: assignment unknown (%s); assuming every partition", exc)
-        if not assigned:
-            assigned = {(t, p) for t, n in ((self.features_topic, FEATURES.partitions),
-                                            (self.signals_topic, SIGNALS.partitions)) for p in range(n)}
-        try:
-            committed = self._committed(self.papp.app.conf.id)
-        except Exception as exc:  # noqa: BLE001 - the broker cannot say: start from the earliest
-            log.warning("dispatch: own committed offsets unknown (%s); assuming the earliest", exc)
-            committed = {}
-        out: dict[str, dict[int, int]] = {}
-        for topic, p in assigned:
-            if topic in (self.features_topic, self.signals_topic):
-                out.setdefault(topic, {})[p] = committed.get(topic, {}).get(p, 0)
-        return out
-
-    def read_signal_progress(self) -> tuple[dict[int, int], dict[int, int]] | None:
-        """The signal agent's committed offsets on features.1m per partition, then the end offsets
-        of the signals topic read after them: once this worker has consumed signals up to those
-        ends, every signal of a bar below those commits is in its buffers (blocking; None when
-        unknown). Tansu reports a partition's end as its last batch's base offset + 1, so there
-        "consumed up to the end" means the last batch has started arriving: the grace covers its rest."""
-        if self.config.signals_group is None:
-            return None
-        from confluent_kafka import TopicPartition
-        from confluent_kafka.admin import OffsetSpec
-
-        group = self.papp.settings.pipeline_topic_prefix + self.config.signals_group
-        try:
-            committed = self._committed(group).get(self.features_topic, {})
-            tps = [TopicPartition(self.signals_topic, p) for p in range(SIGNALS.partitions)]
-            futures = self._admin_client().list_offsets({tp: OffsetSpec.latest() for tp in tps},
-                                                        request_timeout=5)
-            ends = {tp.partition: fut.result(timeout=5).offset for tp, fut in futures.items()}
-        except Exception:  # noqa: BLE001 - unknown group, broker busy: no progress known this time
-            return None
-        return committed, ends
+        """Where this worker's consumer starts each features.1m and signals partition (blocking)."""
+        topics = {self.features_topic: FEATURES.partitions, self.signals_topic: SIGNALS.partitions}
+        bootstrap = self.endpoints.kafka_bootstrap_servers
+        return start_offsets(self.papp.app, self.papp.settings, bootstrap, topics)
 
     async def release_all(self) -> None:
-        """The timer: decide what became complete while no new input arrived."""
-        snapshot = await asyncio.to_thread(self.read_signal_progress)
-        if snapshot is not None and not self.stale:
-            self.signal_commits.sample(*snapshot)
-            for buffer in self.buffers.values():
-                buffer.known(snapshot[0])  # bars below the signal agent's commits exist
-        covered = self.signal_commits.covered()
-        if covered:
-            for buffer in self.buffers.values():
-                buffer.progress(covered)
+        """The timer: broker and control records held too long without a closure."""
         for name in self.buffers:
             async with self.lock:
                 if self.stale:
@@ -323,11 +255,22 @@ class DispatchHandler(BrokerSide):
             await self._ack(name, done)
 
     async def _release(self, name: str) -> list[Any]:
-        items = self.buffers[name].release()
-        if not items:
-            return []
-        await self.handle_records(self.desks[name], items)
-        return [event for _record, event in items]
+        buffer = self.buffers[name]
+        late = buffer.late
+        steps = buffer.release()
+        if buffer.late > late:
+            log.info("dispatch[%s]: %d record(s) arrived after their minute closed; decided at %s",
+                     name, buffer.late - late, buffer.released)
+        done: list[Any] = []
+        for step in steps:
+            await self.handle_step(self.desks[name], step)
+            done += [event for _record, event in step.items]
+        if steps and buffer.released is not None:
+            upto = buffer.released
+            closures = self._closures[name]
+            done += [event for minute, event in closures if minute <= upto]
+            self._closures[name] = [(m, e) for m, e in closures if m > upto]
+        return done
 
     def ack_through(self, name: str, stream: Any) -> None:
         """Account `name`'s events are acked through its agent's `stream` once decided."""
@@ -355,36 +298,29 @@ class DispatchHandler(BrokerSide):
             await asyncio.gather(*futures)
         await self.handle_records(desk, items)
 
-    def now_for(self, bar_ts: datetime) -> datetime:
-        """When an event is decided: the clock live; in a replay, the end of the event's own bar
-        (not the latest bar seen: topics are consumed at uneven paces, the decision must not be)."""
-        return self.clock.now() if self.config.clock == "wall" else bar_ts + MINUTE
+    async def handle_step(self, desk: AccountDesk, step: Step) -> None:
+        """A released step's items, decided at its closure's time (wall clock) or at their bars'
+        ends (bar clock): either way a function of the topics."""
+        await self.handle_records(desk, step.items, step.at)
 
     # -- decisions ------------------------------------------------------------------------------
 
-    async def handle_records(self, desk: AccountDesk, items: Sequence[tuple[Record, Any]]) -> None:
+    async def handle_records(self, desk: AccountDesk, items: Sequence[tuple[Record, Any]],
+                             at: datetime | None = None) -> None:
         futures: list[Awaitable[Any]] = []
         for record, event in items:
-            decisions: Sequence[Execution]
             try:
-                if isinstance(record, Recommendation):
-                    made = desk.on_recommendation(record, self.now_for(record.ts))
-                    decisions = [] if made is None else [made]
-                elif isinstance(record, Features):
+                now = decision_time(record, self.config.clock, at) or self.clock.now()
+                if isinstance(record, Features):
                     futures.extend(await self._equity(desk, record.ts))
-                    decisions = desk.on_bar(record.symbol, record.ts, record.close, self.now_for(record.ts))
-                elif isinstance(record, BrokerAccount | BrokerPosition | OptionQuote | ControlEvent):
-                    now = self.clock.now() if self.config.clock == "wall" else decided_at(record)
-                    decisions, events = desk.on_broker(record, now)
-                    if isinstance(record, ControlEvent) and record.account in ("*", desk.name):
-                        log.info("dispatch[%s]: control %s %s at %s (%s)", desk.name, record.action,
-                                 record.settings or "", record.at.isoformat(), record.reason)
-                    for ev in events:
-                        futures.append(await self.io.send(RECONCILE, ev))
-                        log.info("dispatch[%s]: reconcile %s %s: %s (%s)", desk.name, ev.kind,
-                                 ev.symbol or "", ev.action, ev.detail)
-                else:
-                    decisions = []
+                decisions, events = decide(desk, record, now)
+                if isinstance(record, ControlEvent) and record.account in ("*", desk.name):
+                    log.info("dispatch[%s]: control %s %s at %s (%s)", desk.name, record.action,
+                             record.settings or "", record.at.isoformat(), record.reason)
+                for ev in events:
+                    futures.append(await self.io.send(RECONCILE, ev))
+                    log.info("dispatch[%s]: reconcile %s %s: %s (%s)", desk.name, ev.kind,
+                             ev.symbol or "", ev.action, ev.detail)
             except Exception as exc:  # noqa: BLE001 - a decision that cannot be made: dead letter
                 futures.append(await self.io.dead_letter(event, RuntimeError(f"{desk.name}: {exc!r}")))
                 continue
@@ -431,7 +367,8 @@ def register(papp: PipelineApp, *, endpoints: Endpoints, config: DispatchConfig 
     and the reconcile timer) to `papp`; returns the handler for tests."""
     config = config or DispatchConfig.from_settings(papp.settings)
     handler = DispatchHandler(papp, config, endpoints, calendar=calendar, orders=orders, clock=clock)
-    channel = handler.io.channel(SIGNALS, FEATURES, BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES, CONTROL)
+    channel = handler.io.channel(SIGNALS, FEATURES, CLOCK, BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES,
+                                 CONTROL)
     for i, account in enumerate(config.accounts):
         # acks are the handler's: an event is acked once decided, after the event-time buffer
         add_agent(papp, channel, functools.partial(handler.batch, account.name, i == 0),

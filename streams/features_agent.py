@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from opsinfra.endpoints import Endpoints
 from opsinfra.errors import DecodeError
 from opsinfra.settings import Settings
@@ -25,8 +27,12 @@ from schemas.codec import header_pairs
 from schemas.records import Features
 from schemas.topics import BARS, FEATURES
 from streams.app import PipelineApp, run_stage
+from streams.features_snapshot import Snapshots
 from streams.features_state import BatchSender, PartitionState, bar_inputs, read_partition, replay_into
+from streams.minute_clock import ClosurePublisher
+from trading.clock import Clock, WallClock
 from trading.features import InvalidBar, OutOfOrderBar
+from trading.watermarks import CloserConfig, Closure, MinuteCloser
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,30 @@ class FeaturesConfig:
     batch_within_s: float = 0.01  # how long a partial batch waits: the latency floor under light load
     replay_timeout_s: float = 120.0  # a replay read with no progress for this long crashes the stage
     worker_id: str = ""  # default: host:pid
+    snapshot_every_s: float | None = None  # engine snapshots (0: none); None: the settings' value
+    # minute watermarks on clock.minutes (trading.watermarks): the universe, whose symbols complete a
+    # minute of their partition, and the clock deadlines are kept on
+    symbols: tuple[str, ...] = ()
+    closer: CloserConfig = CloserConfig()
+    tick_s: float = 0.1  # how often deadlines and idleness are checked
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> FeaturesConfig:
+        closer = CloserConfig(clock=getattr(settings, "pipeline_clock", "wall"),
+                              allowance_s=getattr(settings, "pipeline_close_allowance_s", 5.0))
+        conf: dict[str, Any] = {"symbols": tuple(getattr(settings, "pipeline_symbols", ())), "closer": closer}
+        conf.update(overrides)
+        return cls(**conf)
+
+
+def universe_by_partition(symbols: Sequence[str], partitions: int) -> dict[int, set[str]]:
+    """Which partition each symbol's records land on (murmur2, as every producer here keys them)."""
+    partitioner = DefaultPartitioner()
+    parts = list(range(partitions))
+    out: dict[int, set[str]] = {}
+    for s in symbols:
+        out.setdefault(partitioner(s.encode(), parts, parts), set()).add(s)
+    return out
 
 
 def _feature_samples() -> list[Features]:
@@ -68,14 +98,17 @@ def _feature_samples() -> list[Features]:
 # recovery would trust the changelog's high watermark, which Tansu under-reports; and a snapshot per
 # symbol per batch doubles what is produced. Replay costs a read of the retained partition on a
 # cold start (figures in the README), and exact equality holds while the topic retains the whole
-# history (30 days of bars).
+# history (30 days of bars). Snapshots on state.features (streams/features_snapshot.py) cut that to
+# the bars after the newest usable one: each carries the offset it covers, which must lie between
+# the log start and the offset faust hands over, and is written only once its outputs are delivered.
 class FeaturesHandler:
     """Turns batches of bar events into sends; every event ends up as a feature, a no-op
     (duplicate bar) or a dead letter, and is acked once what it produced is delivered."""
 
-    def __init__(self, papp: PipelineApp, config: FeaturesConfig) -> None:
+    def __init__(self, papp: PipelineApp, config: FeaturesConfig, clock: Clock | None = None) -> None:
         self.papp = papp
         self.config = config
+        self.clock = clock or WallClock()  # deadlines, and the time a closure records
         # replays read from the broker faust consumes from
         self.bootstrap = ",".join(f"{url.host}:{url.port}" for url in papp.app.conf.broker)
         self.states: dict[int, PartitionState] = {}
@@ -88,6 +121,13 @@ class FeaturesHandler:
         self.sender = BatchSender(papp.app, self.features_topic)
         self._encode: Callable[[Features], tuple[bytes, list[tuple[str, bytes]]]] | None = None
         self._acking: set[asyncio.Task[None]] = set()
+        every = config.snapshot_every_s
+        every = papp.settings.features_snapshot_seconds if every is None else every
+        self.snapshots = Snapshots(papp, self.bootstrap, self.bars_topic, every_s=every, worker=worker)
+        self.busy = False  # inside handle(): a state may be ahead of its delivered outputs
+        self.closer = MinuteCloser(universe_by_partition(config.symbols, FEATURES.partitions), config.closer)
+        self.closures = ClosurePublisher(papp, self.bootstrap, self.features_topic, STAGE, self.clock)
+        self._tail: asyncio.Task[None] | None = None  # the latest delivery: closures wait for it
 
     async def handle(self, events: Sequence[Any], ack: Any) -> None:
         """Process one batch; `ack(event)` is awaited for each event once its outputs are delivered."""
@@ -106,6 +146,10 @@ class FeaturesHandler:
         counts = self.counts
         n_features = n_dup = n_redelivered = n_stale = 0
         touched: set[int] = set()
+        closures: list[Closure] = []
+        closer = self.closer
+        now = self.clock.now().timestamp()
+        self.busy = True
         try:
             for event in events:
                 msg = event.message
@@ -157,6 +201,7 @@ class FeaturesHandler:
                 rows.append((key, value, headers + extra))
                 n_features += 1
                 done.append(event)
+                closures += closer.on_bar(part, values.symbol, values.ts, now)
             if outputs:
                 futures += await sender.send(outputs)
         except BaseException:
@@ -171,10 +216,25 @@ class FeaturesHandler:
             counts["duplicates"] += n_dup
             counts["redelivered"] += n_redelivered
             counts["stale"] += n_stale
-        if done:
-            task = asyncio.ensure_future(self._ack_when_delivered(futures, done, ack))
-            self._acking.add(task)  # a strong reference until it is done
-            task.add_done_callback(self._acking.discard)
+            counts["late"] = closer.late  # bars of a minute already closed
+            self.busy = False
+        self.snapshots.after_batch(touched, states, futures)
+        if done or closures:
+            sent = {p: len(rows) for p, rows in outputs.items()}
+            self._after(self._deliver(futures, done, ack, sent, closures, self._tail))
+
+    def _after(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tail = task
+        self._acking.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._acking.discard)
+
+    async def tick(self) -> None:
+        """The timer: closures by deadline (wall clock) or idleness (bar clock)."""
+        await self.closures.known_ends()
+        closures = self.closer.on_tick(self.clock.now().timestamp())
+        if closures:
+            self._after(self._deliver([], [], None, {}, closures, self._tail))
 
     def _encoder(self) -> Callable[[Features], tuple[bytes, list[tuple[str, bytes]]]]:
         codec, topic = self.papp.codec, self.features_topic
@@ -195,6 +255,24 @@ class FeaturesHandler:
         self._encode = encode
         return encode
 
+    async def _deliver(self, futures: list[Awaitable[Any]], events: list[Any], ack: Any, sent: dict[int, int],
+                       closures: list[Closure], previous: asyncio.Task[None] | None) -> None:
+        """Acks once delivered, then the batch's closures, with the delivered ends (in batch order)."""
+        if events:
+            await self._ack_when_delivered(futures, events, ack)
+        if previous is not None and not previous.done():
+            await asyncio.shield(previous)
+        try:
+            if sent:
+                await self.closures.delivered(futures, sent)
+            if closures:
+                await self.closures.publish([(c, -1) for c in closures])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("features: publishing minute closures failed; crashing the stage")
+            await self.papp.app.crash(exc)
+
     async def _ack_when_delivered(self, futures: list[Awaitable[Any]], events: list[Any], ack: Any) -> None:
         try:
             if futures:
@@ -211,9 +289,9 @@ class FeaturesHandler:
             await self.papp.app.crash(exc)
 
     async def _catch_up(self, partition: int, end: int) -> PartitionState:
-        state = self.states.get(partition)
-        if state is None:
-            state = PartitionState()
+        held = self.states.get(partition)
+        generation = self.papp.app.consumer_generation_id
+        state = await self.snapshots.restore(partition, end, held, generation) or held or PartitionState()
         start = state.next_offset
         settings = self.papp.settings
 
@@ -253,9 +331,10 @@ class FeaturesHandler:
         return await self.papp.send_dead_letter(event, error, stage=STAGE, extra_headers=self.extra_headers)
 
 
-def register(papp: PipelineApp, *, config: FeaturesConfig | None = None) -> FeaturesHandler:
+def register(papp: PipelineApp, *, config: FeaturesConfig | None = None, clock: Clock | None = None
+             ) -> FeaturesHandler:
     """Adds the features agent to `papp`; returns its handler (counts, state) for tests."""
-    handler = FeaturesHandler(papp, config or FeaturesConfig())
+    handler = FeaturesHandler(papp, config or FeaturesConfig.from_settings(papp.settings), clock)
     config = handler.config
 
     async def features(stream: Any) -> None:
@@ -271,11 +350,23 @@ def register(papp: PipelineApp, *, config: FeaturesConfig | None = None) -> Feat
 
     papp.app.agent(papp.topic(BARS), name="features", concurrency=1)(features)
 
+    async def tick() -> None:
+        await handler.tick()
+
+    papp.app.timer(interval=config.tick_s, name="features-close")(tick)
+
     def on_assigned(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
         mine = sorted(tp.partition for tp in args[0] if tp.topic == handler.bars_topic)
+        handler.closer.assign(mine)
+        handler.snapshots.assigned = set(mine)
         log.info("features: assigned partitions %s", ",".join(map(str, mine)) or "none")
 
     papp.app.on_partitions_assigned.connect(on_assigned)
+
+    async def on_shutdown(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        await handler.snapshots.on_shutdown(handler.states, handler.busy)
+
+    papp.app.on_before_shutdown.connect(on_shutdown)
     return handler
 
 

@@ -19,6 +19,7 @@ from schemas.records import (
     Execution,
     Features,
     GateResult,
+    MinuteClosed,
     NewsItem,
     Position,
     Recommendation,
@@ -102,7 +103,9 @@ def sample_records(ts: datetime) -> dict[str, Record]:
         ),
         "options.quotes": OptionQuote(
             "QCOM260206C00150000", "QCOM", ts, 4.1, 4.3, 12.0, 8.0, 4.2, 0.31, 0.52, 0.04, -0.08, 0.12,
-            "snapshot", ts,
+            "snapshot", ts, expiration="2026-02-06", strike=150.0, option_type="call", open_interest=1840,
+            penny_program=True, underlying_price=151.2, chain_id=f"QCOM@{ts:%Y-%m-%dT%H:%M:%SZ}",
+            chain_as_of=ts,
         ),
         "equity": EquityPoint("large-100k", ts, 121_000.0, 95_000.0, 150.0, 220.0, 1, "broker"),
         "reconcile": ReconcileEvent(
@@ -113,6 +116,7 @@ def sample_records(ts: datetime) -> dict[str, Record]:
                         "stage dispatch: no consumer group for 2 min", {"group": "ops-pipeline-dispatch"}),
         "control": ControlEvent("c-1", "*", "set", ts, "lower the bar for the afternoon",
                                 {"min_confidence": "0.65"}, False, "ops"),
+        "clock.minutes": MinuteClosed("signals", 3, ts, "complete", 1042, 2210, ts),
     }
 
 

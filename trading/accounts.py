@@ -14,9 +14,10 @@ from typing import Any
 
 from schemas.records import ControlEvent, Execution, GateResult, Recommendation
 from trading import execution as ex
+from trading.broker import BrokerView
 from trading.calendar import NEW_YORK, SessionCalendar, trading_day
-from trading.control import Halt, applies_to, changed_config
 from trading.clock import MINUTE
+from trading.control import Halt, applies_to, changed_config
 from trading.gates import (
     DEFAULT_ACCOUNTS,
     AccountConfig,
@@ -26,7 +27,6 @@ from trading.gates import (
     entry_window,
     failure_reason,
 )
-from trading.broker import BrokerView
 from trading.positions import OpenPosition
 from trading.reconcile import BrokerTruth
 
@@ -34,6 +34,7 @@ _TICK = timedelta(microseconds=1)
 _NO_EXITS: tuple[Execution, ...] = ()
 _NONE: Any = object()
 _BASES = {a.name: a for a in DEFAULT_ACCOUNTS}
+_Day = tuple[datetime, datetime, datetime | None, date, datetime, datetime, datetime | None]
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -105,8 +106,8 @@ class AccountDesk(BrokerTruth):
         self._status: dict[str, str] = {}  # recommendation id -> latest execution status
         self._submitted: dict[str, Execution] = {}  # orders whose outcome is not known yet
         self._marks: dict[str, float] = {}  # last close of each held symbol
-        # (utc start, utc end, flatten-at or None, date) of the trading day last looked up
-        self._day_cache: tuple[datetime, datetime, datetime | None, date] | None = None
+        # the trading day last looked up (see _day)
+        self._day_cache: _Day | None = None
         self._last_stamp: datetime | None = None
         # the broker's truth (alpaca-paper accounts; see trading.reconcile)
         self.broker = BrokerView()
@@ -203,16 +204,20 @@ class AccountDesk(BrokerTruth):
     def on_bar(self, symbol: str, ts: datetime, close: float, now: datetime) -> Sequence[Execution]:
         """Exits this bar triggers: the symbol's own rules, then end-of-session for every position."""
         book = self.state.book
-        if not book._positions:  # the common case, kept to one check
+        positions = book._positions
+        if not positions:  # the common case, kept to one check
             return _NO_EXITS
-        bar_end = ts + MINUTE
         day = self._day_cache
-        if day is None or not day[0] <= bar_end < day[1]:
-            day = self._day(bar_end)
-        flatten_at = day[2]
-        flatten = flatten_at is not None and bar_end >= flatten_at
+        # day[4]/day[5]: the day's bounds less a minute, so the bar's start is compared with them
+        # (bar_end = ts + MINUTE in [start, end)) without making bar_end on every call
+        if day is None or not day[4] <= ts < day[5]:
+            day = self._day(ts + MINUTE)
+        flatten_from = day[6]
+        flatten = flatten_from is not None and ts >= flatten_from
+        pos = positions.get(symbol)
+        if pos is None and not flatten:  # a bar of a symbol this account does not hold
+            return _NO_EXITS
         out: list[Execution] = []
-        pos = book._positions.get(symbol)
         # Only bars after the last one that acted on the position (its entry, a failed exit) count:
         # a bar redelivered after a restart can be older.
         if pos is not None and ts > pos.last_bar:
@@ -413,16 +418,25 @@ class AccountDesk(BrokerTruth):
                   pending=pending)
 
     def rebuild(self, executions: Iterable[Execution]) -> int:
-        """Folds a history of executions (this account's are picked) in decision order."""
+        """Folds a history of executions (this account's are picked) in decision order, with the
+        last closes they tell: an exit sent to the broker carries the close (or mark) it was decided
+        at, which stays the mark of a position whose exit failed. Bars that decided nothing are
+        not in executions: the mark is the last close any exit was decided at."""
         mine = [e for e in executions if e.account == self.config.name]
         mine.sort(key=lambda e: e.decided_at)  # stable: a record's later statuses stay after it
-        return sum(1 for e in mine if self.apply(e))
+        changed = 0
+        for e in mine:
+            changed += self.apply(e)
+            if (e.intent == "exit" and e.status == ex.SUBMITTED and e.price is not None
+                    and ex.exit_reason_of(e) != "reversal" and self.state.book.get(e.symbol) is not None):
+                self._marks[e.symbol] = e.price  # a fill that closes the position drops it again
+        return changed
 
     # -- the trading day ------------------------------------------------------------------------
 
-    def _day(self, at: datetime) -> tuple[datetime, datetime, datetime | None, date]:
-        """(start, end, flatten-at, date) of the trading day of `at`, times in UTC (fast to compare),
-        cached: most calls fall in the day of the previous one."""
+    def _day(self, at: datetime) -> _Day:
+        """(start, end, flatten-at, date, and the three times less a minute) of the trading day of
+        `at`, times in UTC (fast to compare), cached: most calls fall in the day of the previous one."""
         cache = self._day_cache
         if cache is not None and cache[0] <= at < cache[1]:
             return cache
@@ -433,7 +447,9 @@ class AccountDesk(BrokerTruth):
             window = entry_window(self.config, self.calendar, day)
         except LookupError:
             window = None
-        cache = (start, end, None if window is None else window[1], day)
+        flatten_at = None if window is None else window[1]
+        cache = (start, end, flatten_at, day, start - MINUTE, end - MINUTE,
+                 None if flatten_at is None else flatten_at - MINUTE)
         self._day_cache = cache
         return cache
 

@@ -9,9 +9,18 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
-from schemas.records import Bar, Execution, Features, Recommendation, ReconcileEvent, ScoredNews, WatchlistEntry
+from schemas.records import (
+    Bar,
+    Execution,
+    Features,
+    Recommendation,
+    ReconcileEvent,
+    ScoredNews,
+    WatchlistEntry,
+)
 from trading.accounts import AccountDesk
 from trading.broker import broker_key, decided_at
 from trading.calendar import SessionCalendar
@@ -22,6 +31,10 @@ from trading.ledger import Ledger
 from trading.ordering import canonical_key
 from trading.signals import SignalRule, StrategyConfig
 from trading.watchlist import WatchlistBuilder, WatchlistConfig
+
+PROGRESS_EVERY = 50_000  # bars between two progress calls (each redraws a progress bar)
+BarRow = tuple[datetime, str, float, int, int]  # what the engine reads of a bar
+_BAR_ROW = attrgetter("ts", "symbol", "close", "volume", "revision")
 
 
 @dataclass
@@ -99,25 +112,33 @@ class Backtester:
         return sum(1 for n in items if self.rule.on_news(n))
 
     def run(self, bars: Iterable[Bar], progress: Callable[[int], None] | None = None) -> BacktestResult:
+        return self.run_rows(map(_BAR_ROW, bars), progress)
+
+    def run_rows(
+        self, rows: Iterable[BarRow], progress: Callable[[int], None] | None = None
+    ) -> BacktestResult:
+        """`run` over what it reads of each bar, (ts, symbol, close, volume, revision), in replay order:
+        a caller holding bars as columns need not make a Bar record of each."""
         res = self.result
         # The cyclic GC would walk every live object (the input bars, the outputs kept) thousands
-        # of times over a long run: existing objects are frozen out of it and collections made
-        # rarer while the loop runs (~10% of the run time otherwise).
+        # of times over a long run, for nothing: what the loop makes is acyclic. It is off while
+        # the loop runs, existing objects frozen out of the collection that follows.
         gc.collect()
         gc.freeze()
-        thresholds = gc.get_threshold()
-        gc.set_threshold(50_000, 20, 100)
+        enabled = gc.isenabled()
+        gc.disable()
         started = time.perf_counter()
         try:
-            count = self._loop(bars, progress)
+            count = self._loop(rows, progress)
         finally:
             res.seconds += time.perf_counter() - started
-            gc.set_threshold(*thresholds)
+            if enabled:
+                gc.enable()
             gc.unfreeze()
         res.bars += count
         return res
 
-    def _loop(self, bars: Iterable[Bar], progress: Callable[[int], None] | None) -> int:
+    def _loop(self, rows: Iterable[BarRow], progress: Callable[[int], None] | None) -> int:
         res = self.result
         engines = self.engines
         rule = self.rule
@@ -131,23 +152,24 @@ class Backtester:
         bars_now: list[Features] = []  # this minute's features and signals, decided together
         recs_now: list[Recommendation] = []
         count = 0
-        for bar in bars:
-            ts = bar.ts
+        reported = 0  # progress is told every PROGRESS_EVERY bars, not every minute
+        for ts, symbol, close, volume, revision in rows:
             if ts != minute:
                 if minute is not None:
                     self._decide(bars_now, recs_now)
                     bars_now, recs_now = [], []
+                    end = minute + MINUTE
                     for led in ledgers:
-                        led.close_minute(minute + MINUTE)
-                    if progress is not None:
+                        led.close_minute(end)
+                    if progress is not None and count - reported >= PROGRESS_EVERY:
                         progress(count)
+                        reported = count
                 minute = ts
-            symbol = bar.symbol
             engine = engines.get(symbol)
             if engine is None:
                 engine = engines[symbol] = FeatureEngine(symbol)
             try:
-                f = engine.update(ts, bar.close, bar.volume, bar.revision)
+                f = engine.update(ts, close, volume, revision)
             except (OutOfOrderBar, InvalidBar):
                 res.skipped_bars += 1
                 continue
@@ -156,7 +178,7 @@ class Backtester:
                 continue  # an exact repeat
             if keep:
                 features_out.append(f)
-            marks[symbol] = bar.close
+            marks[symbol] = close
             bars_now.append(f)
             if watch is not None:
                 entries = watch.on_features(f)
@@ -171,6 +193,8 @@ class Backtester:
             self._decide(bars_now, recs_now)
             for led in ledgers:
                 led.close_minute(minute + MINUTE)
+            if progress is not None:
+                progress(count)
         if self._broker:
             self._apply_broker(None)
         return count
@@ -184,28 +208,30 @@ class Backtester:
         res = self.result
         by_name = res.ledgers
         out = res.executions
-        holding = [d for d in desks if len(d.state.book)]
-        if holding:
+        holding = [d for d in desks if d.state.book._positions]
+        if holding and bars_now:
             if len(bars_now) > 1:
                 bars_now.sort(key=canonical_key)
+            ts = bars_now[0].ts  # one minute's records: one ts
+            now = ts + MINUTE
             for f in bars_now:
-                now = f.ts + MINUTE
-                changed = False
+                made_any = False
                 for desk in holding:
-                    made = desk.on_bar(f.symbol, f.ts, f.close, now)
-                    for e in made:
-                        out.append(e)
-                        by_name[e.account].on_execution(e)
-                        changed = True
-                if changed:
-                    holding = [d for d in desks if len(d.state.book)]
+                    made = desk.on_bar(f.symbol, ts, f.close, now)
+                    if made:
+                        made_any = True
+                        for e in made:
+                            out.append(e)
+                            by_name[e.account].on_execution(e)
+                if made_any:
+                    holding = [d for d in desks if d.state.book._positions]
                     if not holding:
                         break
         if recs_now:
             if len(recs_now) > 1:
                 recs_now.sort(key=canonical_key)
+            now = recs_now[0].ts + MINUTE
             for rec in recs_now:
-                now = rec.ts + MINUTE
                 for desk in desks:
                     decided = desk.on_recommendation(rec, now)
                     if decided is not None:

@@ -94,7 +94,7 @@ class AccountConfig:
         if self.max_broker_state_age_s <= 0:
             raise ValueError(f"account {self.name}: max_broker_state_age_s must be positive")
         try:
-            self.external
+            _ = self.external  # validates the external-exit rules
         except ValueError as exc:
             raise ValueError(f"account {self.name}: {exc}") from None
 
@@ -259,6 +259,8 @@ def _gate(name: str, passed: bool, value: float | str | None, limit: float | str
 
 
 _SKIPPED_FOR_EXIT = "skipped: exits are never blocked"
+_EXIT_GATES = tuple(_gate(name, True, None, None, _SKIPPED_FOR_EXIT) for name in GATE_ORDER)
+_EXIT_GATES_BROKER = (_gate("broker_state", True, None, None, _SKIPPED_FOR_EXIT), *_EXIT_GATES)
 
 
 class GateEvaluator:
@@ -335,11 +337,8 @@ class GateEvaluator:
         fails entries closed when the snapshot is missing, stale or the account is blocked.
         The caller rolls `state` to the trading day of `now` first (see AccountDesk).
         """
-        if plan.intent != "entry":
-            out = [_gate(name, True, None, None, _SKIPPED_FOR_EXIT) for name in GATE_ORDER]
-            if broker is not None:
-                out.insert(0, _gate("broker_state", True, None, None, _SKIPPED_FOR_EXIT))
-            return out
+        if plan.intent != "entry":  # the same gates every time: frozen records, shared
+            return list(_EXIT_GATES_BROKER if broker is not None else _EXIT_GATES)
         if broker is not None:
             return self._evaluate_broker(state, plan, now, broker, in_flight)
         config = self.config
@@ -436,7 +435,8 @@ class GateEvaluator:
         if acct is None or age is None:
             first = _gate("broker_state", False, None, limit, "no broker snapshot yet")
         elif age > limit:
-            first = _gate("broker_state", False, age, limit, f"stale broker state: last snapshot {age:.0f}s old")
+            first = _gate("broker_state", False, age, limit,
+                          f"stale broker state: last snapshot {age:.0f}s old")
         elif acct.trading_blocked or acct.status.upper() != "ACTIVE":
             first = _gate("broker_state", False, age, limit,
                           f"account {acct.status}{' (trading blocked)' if acct.trading_blocked else ''}")

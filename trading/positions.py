@@ -18,6 +18,7 @@ from trading.execution import (
     SIMULATED,
     SKIPPED,
     SUBMITTED,
+    exit_id,
     exit_reason_of,
 )
 
@@ -317,7 +318,9 @@ class PositionProjection:
     """Positions of every (account, symbol) from executions, whatever order they arrive in.
 
     An (account, symbol)'s executions are folded sorted by decided_at, and settled (folded into a
-    closed record and forgotten) once it is flat with nothing pending or missing.
+    closed record and forgotten) once it is flat with nothing pending. A rule exit names its entry
+    (its id is `exit_id(account, entry id, attempt)`), so one whose entry has not arrived yet is
+    held apart rather than closing an earlier entry, and stays pending when the rest settles.
     """
 
     def __init__(self, rules: dict[str, ExitRules] | None = None) -> None:
@@ -353,7 +356,8 @@ class PositionProjection:
         book = PositionBook(self.rules.get(account, ExitRules()))
         realized = 0.0
         closed = None
-        orphan = unresolved = False
+        unresolved = False
+        orphans: set[str] = set()  # exits whose entry has not arrived yet
         latest = None
         for e in sorted(pending.values(), key=lambda x: x.decided_at):
             if e.status == SUBMITTED:
@@ -377,8 +381,8 @@ class PositionProjection:
                     closed = None
             else:
                 pos = book.get(symbol)
-                if pos is None:
-                    orphan = True  # its entry has not arrived yet
+                if pos is None or not _closes(e, account, pos.entry_id, len(pending)):
+                    orphans.add(e.recommendation_id)  # its entry has not arrived yet
                     continue
                 realized += book.close(symbol, qty, price)
                 if book.get(symbol) is None:
@@ -392,11 +396,26 @@ class PositionProjection:
             return None
         record = position_record(account, closed[0], latest, realized_pnl=realized, closed=True,
                                  exit_reason=closed[1])
-        if not orphan and not unresolved:
-            for rid in pending:
+        if not unresolved:
+            for rid in [rid for rid in pending if rid not in orphans]:
                 self._settled[(account, rid)] = key
-            del self._pending[key]
+                del pending[rid]
+            if not pending:
+                del self._pending[key]
         return record
 
     def open_positions(self) -> list[Position]:
         return sorted((p for p in self._last.values() if p.status == "OPEN"), key=Position.key)
+
+
+# exits whose id is exit_id(account, entry id, attempt); a reversal's id is its signal's
+_NAMED_EXITS = frozenset({"stop_loss", "take_profit", "trailing_stop", "end_of_session", "operator_flatten"})
+
+
+def _closes(e: Execution, account: str, entry_id: str, attempts: int) -> bool:
+    """Whether exit `e` may close the position opened by `entry_id`: a rule or operator exit only
+    its own entry's; any other (a reversal names no entry) whatever is open."""
+    if exit_reason_of(e) not in _NAMED_EXITS:
+        return True
+    rid = e.recommendation_id
+    return any(rid == exit_id(account, entry_id, a) for a in range(attempts + 1))

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.alpaca_option_chain import OptionChainEndpoints
 from tests.fakes.alpaca_trading_state import (
     DEFAULT_ASSETS,
     DEFAULT_KEY,
@@ -35,7 +36,7 @@ ACCOUNT = web.RequestKey("account", FakeAccount)  # the key pair's account, set 
 
 
 @dataclass
-class FakeAlpacaTrading(BrokerState):
+class FakeAlpacaTrading(BrokerState, OptionChainEndpoints):
     keys: set[Key] = field(default_factory=lambda: {DEFAULT_KEY})
     fill: str = "immediate"  # "immediate": filled right after acceptance; "hold": stays new; "reject"
     prices: dict[str, float] = field(default_factory=dict)  # fill price and mark per symbol (default 100)
@@ -109,6 +110,7 @@ class FakeAlpacaTrading(BrokerState):
         app.router.add_get("/v2/positions/{symbol}", self._position)
         app.router.add_get("/v1beta1/options/quotes/latest", self._latest_quotes)
         app.router.add_get("/v1beta1/options/snapshots", self._snapshots)
+        self.add_option_routes(app)
         app.router.add_get("/stream", self._stream)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()

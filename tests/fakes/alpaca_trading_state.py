@@ -126,6 +126,7 @@ class BrokerState:
         self.by_client_id: dict[str, FakeOrder] = {}  # every account's (tests use one client id once)
         self.option_quotes: dict[str, dict[str, Any]] = {}  # contract -> raw latest quote ("bp", "ap"...)
         self.option_snapshots: dict[str, dict[str, Any]] = {}  # contract -> raw snapshot
+        self.option_contracts: dict[str, dict[str, Any]] = {}  # contract -> raw listed contract
         self._seq = 0
 
     def _emit(self, order: FakeOrder, event: str, **extra: Any) -> None:

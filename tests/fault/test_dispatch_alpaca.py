@@ -23,6 +23,7 @@ from schemas.topic_io import RecordProducer
 from schemas.topics import EXECUTIONS, SIGNALS
 from streams import dispatch_agent
 from tests.fakes.alpaca_trading import FakeAlpacaTrading, FakeOrder
+from tests.integration.clock_helpers import close_minute
 from tests.integration.test_trading_helpers import OPEN, dispatch_stage, read, run_until
 from trading.execution import client_order_id
 from trading.gates import AccountConfig
@@ -48,7 +49,7 @@ settings = Settings(_env_file=None, kafka_bootstrap_servers=args["bootstrap"],
 config = dispatch_agent.DispatchConfig(
     accounts=parse_accounts(args["accounts"]), clock="bar", alpaca_url=args["url"],
     alpaca_stream_url=args["stream_url"], alpaca_data_url=args["url"], reconcile_every_s=1.0,
-    snapshot_every_s=1.0)
+    snapshot_every_s=1.0, max_hold_s=2.0)
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 dispatch_agent.run(settings, Endpoints(args["bootstrap"], "", None, False), stop, config=config)
@@ -92,6 +93,7 @@ def test_kill_9_between_the_post_and_its_record_then_restart_gives_exactly_one_o
     coid = client_order_id(PAPER.name, r.id)
     produce.send(SIGNALS, r)
     produce.flush()
+    close_minute(provisioned, kafka_bootstrap, r.ts)  # what the signal agent would say
     log = tmp_path / "dispatch.log"
     proc: subprocess.Popen[bytes] | None = None
 
@@ -160,6 +162,7 @@ def test_a_burst_of_500_signals_respects_the_submit_rate_gate(
     for r in recs:
         produce.send(SIGNALS, r)
     produce.flush()
+    close_minute(provisioned, kafka_bootstrap, recs[0].ts)
     stage = _stage(provisioned, kafka_bootstrap, fake, account)
     run_until(stage,
               lambda: len({e.recommendation_id for e in executions(provisioned, kafka_bootstrap)}) >= 500)
@@ -185,16 +188,19 @@ def test_kill_switch_holds_across_a_restart_in_alpaca_mode(
     buy = rec("AAPL", 30)
     produce.send(SIGNALS, buy)
     produce.flush()
+    close_minute(provisioned, kafka_bootstrap, buy.ts)
     # entry FILLED at 100 (found by the reconcile pass, no trade-updates stream here)
     run_until(stage, lambda: any(e.status == "FILLED" for e in executions(provisioned, kafka_bootstrap)))
     fake.prices = {"AAPL": 90.0}
     sell = rec("AAPL", 35, "SELL", 90.0)  # a reversal: exit 10 shares at 90 -> -100
     produce.send(SIGNALS, sell)
     produce.flush()
+    close_minute(provisioned, kafka_bootstrap, sell.ts)
     run_until(stage, lambda: sum(e.status == "FILLED" for e in executions(provisioned, kafka_bootstrap)) >= 2)
     later = rec("MSFT", 40)
     produce.send(SIGNALS, later)
     produce.flush()
+    close_minute(provisioned, kafka_bootstrap, later.ts)
     run_until(stage, lambda: any(e.recommendation_id == later.id
                                  for e in executions(provisioned, kafka_bootstrap)))
     blocked = next(e for e in executions(provisioned, kafka_bootstrap) if e.recommendation_id == later.id)

@@ -1,10 +1,13 @@
 """kill -9 of features workers (`ops-pipeline run --only features` subprocesses) mid-stream, a
 restart, and two workers sharing the symbols: every record emitted equals what an uninterrupted
 run emits (FeatureEngine on the same bars, which the integration tests hold the agent to), and
-nothing is missing. Each record names the worker that emitted it in its `ops.worker` header."""
+nothing is missing. Each record names the worker that emitted it in its `ops.worker` header. With
+engine snapshots (state.features), a restart restores them and replays only the tail; a corrupt or
+incompatible one is ignored for the full replay."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -19,16 +22,18 @@ from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from opsinfra.kafka_config import consumer_config
+from opsinfra.kafka_config import consumer_config, producer_config
 from opsinfra.kafka_io import Consumed
 from opsinfra.settings import Settings
 from schemas.codec import HeaderCodec
-from schemas.records import Bar, Features
+from schemas.records import Bar, Features, FeatureSnapshot
 from schemas.topic_io import RecordProducer
-from schemas.topics import BARS, FEATURES
+from schemas.topics import BARS, FEATURE_STATE, FEATURES
 from streams.features_agent import APP_ID
+from streams.features_snapshot import checksum_of, take
+from streams.features_state import PartitionState
 from tests.integration.test_features_agent import (
     Key,
     read_dead_letters,
@@ -45,6 +50,9 @@ SYMBOLS = [f"F{i:02d}" for i in range(20)]
 REPO = Path(__file__).resolve().parents[2]
 ASSIGNED = re.compile(r"features: assigned partitions ([\d,]*|none)")
 REBUILT = re.compile(r"features: partition (\d+) rebuilt from offset (\d+) to (\d+): (\d+) bars")
+RESTORED = re.compile(r"features: partition (\d+) restored from snapshot at offset (\d+)")
+SNAPSHOT = re.compile(r"features: partition (\d+) snapshot at offset (\d+)")
+NOT_USED = re.compile(r"features: partition (\d+): snapshot not used: (.*)")
 
 
 class Worker:
@@ -76,6 +84,17 @@ class Worker:
         """(partition, from offset, to offset, bars replayed) of each state rebuild it logged."""
         return [tuple(map(int, m)) for m in REBUILT.findall(self.text())]  # type: ignore[misc]
 
+    def restores(self) -> dict[int, int]:
+        """partition -> the bar offset of the snapshot it restored (the latest restore)."""
+        return {int(p): int(o) for p, o in RESTORED.findall(self.text())}
+
+    def snapshots(self) -> dict[int, set[int]]:
+        """partition -> bar offsets of the snapshots it wrote (confirmed by the broker)."""
+        out: dict[int, set[int]] = defaultdict(set)
+        for p, o in SNAPSHOT.findall(self.text()):
+            out[int(p)].add(int(o))
+        return out
+
     def check_alive(self) -> None:
         assert self.proc.poll() is None, f"worker exited {self.proc.returncode}: {self.text()[-3000:]}"
 
@@ -100,7 +119,7 @@ class Worker:
 @pytest.fixture
 def workers(
     provisioned: Settings, kafka_bootstrap: str, database_url: str, tmp_path: Path
-) -> Iterator[Callable[[str], Worker]]:
+) -> Iterator[Callable[..., Worker]]:
     env = dict(
         os.environ,
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
@@ -112,8 +131,8 @@ def workers(
     env.pop("SCHEMA_REGISTRY_URL", None)
     started: list[Worker] = []
 
-    def start(name: str) -> Worker:
-        worker = Worker(env, tmp_path / f"{name}.log")
+    def start(name: str, **extra_env: str) -> Worker:
+        worker = Worker({**env, **extra_env}, tmp_path / f"{name}.log")
         started.append(worker)
         return worker
 
@@ -235,7 +254,7 @@ def assert_equal_to_reference(got: list[tuple[Consumed, Features]], expected: di
 
 
 def test_kill_9_mid_stream_then_restart_emits_what_an_uninterrupted_run_emits(
-    provisioned: Settings, kafka_bootstrap: str, workers: Callable[[str], Worker]
+    provisioned: Settings, kafka_bootstrap: str, workers: Callable[..., Worker]
 ) -> None:
     bars = with_revisions(walk(SYMBOLS, 450, seed=11), every=41)
     expected = reference(bars)
@@ -275,7 +294,7 @@ def test_kill_9_mid_stream_then_restart_emits_what_an_uninterrupted_run_emits(
 
 
 def test_two_workers_split_the_symbols_and_a_survivor_takes_over_a_killed_one(
-    provisioned: Settings, kafka_bootstrap: str, workers: Callable[[str], Worker]
+    provisioned: Settings, kafka_bootstrap: str, workers: Callable[..., Worker]
 ) -> None:
     phases = [with_revisions(walk(SYMBOLS, n, seed=20 + i, start=s), every=29) for i, (s, n) in
               enumerate([(0, 40), (40, 120), (160, 300)])]  # fmt: skip
@@ -333,4 +352,95 @@ def test_two_workers_split_the_symbols_and_a_survivor_takes_over_a_killed_one(
     assert_equal_to_reference(got, expected)
     caught_up = {p: start for p, start, _, _ in one.rebuilds() if start > 0}
     assert caught_up == {p: phase0_end[p] for p in taken}, one.rebuilds()
+    assert read_dead_letters(provisioned, kafka_bootstrap) == []
+
+
+def test_kill_9_after_snapshots_then_restart_replays_only_the_tail_and_emits_the_same(
+    provisioned: Settings, kafka_bootstrap: str, workers: Callable[..., Worker]
+) -> None:
+    bars = with_revisions(walk(SYMBOLS, 450, seed=31), every=37)
+    expected = reference(bars)
+    backlog, live = bars[: len(bars) // 3], bars[len(bars) // 3 :]
+    produce(provisioned, kafka_bootstrap, backlog)
+    killed = threading.Event()
+    hold = len(live) // 2  # the rest of the stream comes after the kill
+    feeder = feeding(provisioned, kafka_bootstrap, live, per_s=300, holds={hold: killed})
+    first = workers("first", FEATURES_SNAPSHOT_SECONDS="1")
+    every = set(range(BARS.partitions))
+
+    def usable() -> dict[int, int]:
+        """partition -> its newest logged snapshot at or below the group's committed offset (a
+        snapshot is often a little ahead of the commit: such a one is not restored)."""
+        done, written = committed(provisioned, kafka_bootstrap), first.snapshots()
+        return {p: max(o for o in written[p] if o <= done[p]) for p in every
+                if any(o <= done[p] for o in written.get(p, ()))}
+
+    wait_for(lambda: set(usable()) == every and feeder.held_at == hold,
+             "a snapshot of every partition below its committed offset, and the stream at its hold", [first])
+    first.kill9()
+    known = usable()
+    done = committed(provisioned, kafka_bootstrap)
+    killed.set()
+    second = workers("second", FEATURES_SNAPSHOT_SECONDS="1")
+    feeder.join(120)
+    assert not feeder.is_alive()
+    got = wait_for_features(provisioned, kafka_bootstrap, expected, [second])
+
+    assert_equal_to_reference(got, expected)
+    assert {worker_of(m) for m, _ in got} == {first.id, second.id}
+    restored = second.restores()
+    assert set(restored) == every, second.text()[-3000:]
+    assert all(known[p] <= o <= done[p] for p, o in restored.items()), (restored, known, done)
+    # the state came from the snapshot plus the bars after it, never from offset 0
+    rebuilt = {p: (start, n) for p, start, _, n in second.rebuilds()}
+    assert all(rebuilt.get(p, (o, 0))[0] == o for p, o in restored.items()), (rebuilt, restored)
+    assert read_dead_letters(provisioned, kafka_bootstrap) == []
+
+
+def _bad_snapshots(bars: list[Bar], partition: int) -> list[FeatureSnapshot]:
+    """Two snapshots of `partition` after `bars` (its bars, in offset order) that must not be used:
+    one of other code (its engine version), one whose state is not what its checksum covers. Both
+    hold the state of other closes, so restoring either would change the outputs."""
+    good, other = PartitionState(), PartitionState()
+    for b in bars:
+        good.apply((b.symbol, b.ts, b.close, b.volume, b.revision))
+        other.apply((b.symbol, b.ts, b.close * 1.01, b.volume, b.revision))
+    good.next_offset = other.next_offset = len(bars)
+    (real,) = take(partition, good, worker="test")
+    (altered,) = take(partition, other, worker="test")
+    old_code = dataclasses.replace(altered, engine_version="older-code")
+    old_code = dataclasses.replace(old_code, checksum=checksum_of(old_code))
+    corrupt = dataclasses.replace(altered, checksum=real.checksum)
+    return [old_code, corrupt]
+
+
+def test_a_corrupt_or_incompatible_snapshot_is_ignored_for_the_full_replay(
+    provisioned: Settings, kafka_bootstrap: str, workers: Callable[..., Worker]
+) -> None:
+    phases = [with_revisions(walk(SYMBOLS, n, seed=40 + i, start=s), every=23) for i, (s, n) in
+              enumerate([(0, 60), (60, 60)])]  # fmt: skip
+    produce(provisioned, kafka_bootstrap, phases[0])
+    first = workers("first", FEATURES_SNAPSHOT_SECONDS="0")  # writes none
+    wait_for_features(provisioned, kafka_bootstrap, reference(phases[0]), [first])
+    first.stop()
+    # the newest snapshots of every partition are bad; a worker must replay from offset 0
+    codec, topic = HeaderCodec(), provisioned.topic(FEATURE_STATE.name)
+    producer = Producer(producer_config(provisioned, kafka_bootstrap))
+    for p in range(BARS.partitions):
+        for rec in _bad_snapshots([b for b in phases[0] if partition_of(b.symbol) == p], p):
+            value, headers = codec.encode(topic, rec)
+            producer.produce(topic, value=value, key=rec.key().encode(), partition=p, headers=list(headers))
+    assert producer.flush(30) == 0
+    produce(provisioned, kafka_bootstrap, phases[1])
+    second = workers("second", FEATURES_SNAPSHOT_SECONDS="60")
+    expected = reference(phases[0] + phases[1])
+    got = wait_for_features(provisioned, kafka_bootstrap, expected, [second])
+
+    assert_equal_to_reference(got, expected)
+    assert second.restores() == {}
+    reasons = NOT_USED.findall(second.text())
+    every = set(range(BARS.partitions))
+    assert {int(p) for p, r in reasons if "written by other code" in r} == every, reasons
+    assert {int(p) for p, r in reasons if "checksum mismatch" in r} == every, reasons
+    assert {p for p, start, _, n in second.rebuilds() if start == 0 and n > 0} == every, second.rebuilds()
     assert read_dead_letters(provisioned, kafka_bootstrap) == []

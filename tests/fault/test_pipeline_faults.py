@@ -22,7 +22,7 @@ from opsinfra.errors import PipelineError
 from opsinfra.kafka_io import end_offsets, true_end_offsets
 from opsinfra.settings import Settings
 from pipeline.demo import _committed, _sink_offsets
-from schemas.topics import ALL_TOPICS
+from schemas.topics import ALL_TOPICS, STATE_TOPICS
 from tests.conftest import make_settings, with_search_path
 from tests.fault.pipeline_helpers import (
     FaultStages,
@@ -90,7 +90,7 @@ def backlogs(settings: Settings, bootstrap: str, database_url: str, *, exact: bo
     """Per stage, the records of its inputs it has not committed yet (all of them while its group
     has committed nothing). A lower bound unless `exact` (Tansu reports ends short of the last
     batch; reading to the real end waits for a quiet topic, so not while bars are published)."""
-    names = [settings.topic(t.name) for t in ALL_TOPICS]
+    names = [settings.topic(t.name) for t in ALL_TOPICS if t not in STATE_TOPICS]  # not in the sink
     ends = (true_end_offsets if exact else end_offsets)(settings, bootstrap, names)
     done = _sink_offsets(database_url)
     out = {"sink": sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())}

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from opsinfra.settings import Settings
-from schemas.records import BrokerAccount, BrokerPosition, Execution, ReconcileEvent, Recommendation
+from schemas.records import BrokerAccount, BrokerPosition, Execution, Recommendation, ReconcileEvent
 from schemas.topic_io import RecordProducer
 from schemas.topics import BROKER_ACCOUNTS, BROKER_POSITIONS, EXECUTIONS, RECONCILE, SIGNALS
 from tests.fakes.alpaca_trading import FakeAlpacaTrading
+from tests.integration.clock_helpers import close_minute
 from tests.integration.test_trading_helpers import read
 from trading.calendar import TradingCalendar
 from trading.execution import client_order_id, exit_reason_of
@@ -77,7 +78,8 @@ def _run(settings: Settings, bootstrap: str, fake: FakeAlpacaTrading, accounts: 
     endpoints = Endpoints(bootstrap, "", None, embedded=False)
     config = dispatch_agent.DispatchConfig(accounts=accounts, clock="wall", alpaca_url=fake.url,
                                            alpaca_stream_url=fake.stream_url, alpaca_data_url=fake.url,
-                                           snapshot_every_s=1.0, quotes_every_s=1.0, reconcile_every_s=1.0)
+                                           snapshot_every_s=1.0, quotes_every_s=1.0, reconcile_every_s=1.0,
+                                           max_hold_s=1.0)  # no minute closures upstream: a short hold
 
     def register(p: PipelineApp) -> None:
         dispatch_agent.register(p, endpoints=endpoints, config=config, clock=clock)  # type: ignore[arg-type]
@@ -185,6 +187,7 @@ def test_bracket_stop_filled_while_down_and_a_manual_sale_are_adopted_never_orde
         for r in entries:
             produce.send(SIGNALS, r)
         produce.flush()
+        close_minute(provisioned, kafka_bootstrap, minute, at=clock.now())  # as the signal agent would
         filled = _wait("both entries filled", lambda: [
             e for e in _of(provisioned, kafka_bootstrap, EXECUTIONS, Execution)
             if e.intent == "entry" and e.status == "FILLED"] if len([
@@ -222,6 +225,7 @@ def test_bracket_stop_filled_while_down_and_a_manual_sale_are_adopted_never_orde
         time.sleep(6.0)  # past max_broker_state_age_s since the last snapshot
         produce.send(SIGNALS, rec("NVDA", late, 120.0))
         produce.flush()
+        close_minute(provisioned, kafka_bootstrap, late, at=clock.now())
         skipped = _wait("the NVDA entry skipped", lambda: [
             e for e in _of(provisioned, kafka_bootstrap, EXECUTIONS, Execution) if e.symbol == "NVDA"])
         assert skipped[0].status == "SKIPPED"

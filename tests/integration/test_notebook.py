@@ -92,7 +92,7 @@ def test_read_topic_builds_the_frame_pandas_builds_from_the_records(
     def no_columns(*args: object, **kwargs: object) -> None:
         raise notebook.Unsupported("the record by record path, as before")
 
-    monkeypatch.setattr(notebook, "decode_columns", no_columns)
+    monkeypatch.setattr(notebook, "read_columns", no_columns)
     for q, got in zip(queries, columnar, strict=True):
         expected = notebook.read_topic("features.1m", settings=provisioned, **q)  # type: ignore[arg-type]
         pd.testing.assert_frame_equal(got, expected, check_exact=True)

@@ -237,3 +237,35 @@ def test_replaying_the_broker_topics_changes_no_checksum(
     with psycopg.connect(database_url) as conn:
         assert checksums(conn, tables) == before
         assert conn.execute("SELECT count(*) FROM reconcile_events WHERE symbol IS NULL").fetchone() == (20,)
+
+
+def test_option_chain_rows_keep_their_terms_and_bad_ones_go_to_the_dlq(
+    provisioned: Settings, kafka_bootstrap: str, database_url: str
+) -> None:
+    """options.quotes v2: a chain snapshot's terms land in option_quotes; a quote of an unknown type
+    or a negative open interest is a dead letter, and the rows after it still land."""
+    base = OptionQuote("QCOM260206C00150000", "QCOM", minute(1), 4.1, 4.3, 1.0, 2.0, None, 0.3, 0.52, 0.04,
+                       -0.05, 0.12, "snapshot", minute(1), expiration="2026-02-06", strike=150.0,
+                       option_type="call", open_interest=1200, penny_program=True, underlying_price=151.2,
+                       chain_id="QCOM@1", chain_as_of=minute(1), modelled=False)
+    put = replace(base, contract="QCOM260206P00150000", option_type="put", delta=-0.48, open_interest=900)
+    modelled = replace(base, as_of=minute(2), chain_id="QCOM@2", chain_as_of=minute(2), open_interest=None,
+                       source="model", modelled=True)
+    bad = [replace(base, as_of=minute(3), option_type="straddle"), replace(base, as_of=minute(4), open_interest=-5)]
+    with running_sink(provisioned, kafka_bootstrap, database_url, topics=TOPICS, max_latency_s=0.05) as sink:
+        produced = produce(provisioned, kafka_bootstrap, sent([base, *bad, put, modelled]))
+        wait_drained(database_url, produced, running=sink)
+    with psycopg.connect(database_url) as conn:
+        got = conn.execute(
+            "SELECT contract, as_of, expiration, strike, option_type, open_interest, penny_program, "
+            "underlying_price, chain_id, chain_as_of, modelled FROM option_quotes ORDER BY as_of, contract"
+        ).fetchall()
+        dead = [r[0] for r in conn.execute("SELECT error FROM dead_letters ORDER BY error").fetchall()]
+    assert [(r[0][4:], r[1], r[4], r[5], r[8], r[10]) for r in got] == [
+        ("260206C00150000", minute(1), "call", 1200, "QCOM@1", False),
+        ("260206P00150000", minute(1), "put", 900, "QCOM@1", False),
+        ("260206C00150000", minute(2), "call", None, "QCOM@2", True),
+    ]
+    assert got[0][2].isoformat() == "2026-02-06" and got[0][3] == 150.0 and got[0][6] is True
+    assert got[0][7] == 151.2 and got[0][9] == minute(1)
+    assert dead == ["open_interest -5 is negative", "option_type 'straddle' is not call or put"]

@@ -14,6 +14,7 @@ from schemas.records import Execution, Recommendation
 from schemas.topic_io import RecordProducer
 from schemas.topics import EXECUTIONS, FEATURES, SIGNALS
 from streams import dispatch_agent
+from tests.integration.clock_helpers import close_minute
 from tests.integration.test_trading_helpers import (
     OPEN,
     caught_up,
@@ -46,6 +47,8 @@ def test_one_decision_per_recommendation_and_account_across_redelivery_and_resta
     for f in feats:
         produce.send(FEATURES, f)
     produce.flush()
+    last = feats[-1].ts
+    close_minute(provisioned, kafka_bootstrap, last)
 
     config = dispatch_agent.DispatchConfig(accounts=(LARGE_100K, TINY_1K), clock="bar")
     stage = dispatch_stage(provisioned, kafka_bootstrap, config)
@@ -75,6 +78,7 @@ def test_one_decision_per_recommendation_and_account_across_redelivery_and_resta
     for r in recs:
         produce.send(SIGNALS, r)
     produce.flush()
+    close_minute(provisioned, kafka_bootstrap, last + timedelta(minutes=1))  # they are late: a later step
     group = provisioned.pipeline_topic_prefix + dispatch_agent.APP_ID
     run_until(stage, caught_up(provisioned, kafka_bootstrap, group, SIGNALS, FEATURES))
     again = executions(provisioned, kafka_bootstrap)
@@ -100,6 +104,7 @@ def test_kill_switch_holds_across_a_restart(
     produce.send(SIGNALS, buy)
     produce.send(SIGNALS, sell)  # same symbol, same partition: decided after the entry
     produce.flush()
+    close_minute(provisioned, kafka_bootstrap, sell.ts)
     run_until(stage, lambda: len(executions(provisioned, kafka_bootstrap)) >= 2)
     got = {e.recommendation_id: e for e in executions(provisioned, kafka_bootstrap)}
     assert got[buy.id].status == "SIMULATED" and got[sell.id].intent == "exit"
@@ -112,6 +117,7 @@ def test_kill_switch_holds_across_a_restart(
     produce.send(SIGNALS, later)
     produce.send(SIGNALS, tomorrow)
     produce.flush()
+    close_minute(provisioned, kafka_bootstrap, tomorrow.ts)
     run_until(stage, lambda: len(executions(provisioned, kafka_bootstrap)) >= 4)
     after = {e.recommendation_id: e for e in executions(provisioned, kafka_bootstrap)}
     blocked = after[later.id]

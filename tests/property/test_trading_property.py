@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -78,7 +77,8 @@ def run(desk: AccountDesk, evs: list[tuple[Any, ...]], fills: list[bool] | None 
 
 
 NO_TRAIL = ExitRules(trailing_stop_pct=None)  # the trail's high-water mark is not in executions
-# nor are the last closes, at which the close flattens held symbols (see the xfail test below)
+# nor are the closes of bars that decided nothing, at which the close flattens idle held symbols
+# (rebuild restores the closes exits were decided at: the test after the restart property)
 NO_FLATTEN = ExitRules(trailing_stop_pct=None, flat_at_close=False)
 
 
@@ -123,7 +123,7 @@ def _as_partitions(history: list[Execution]) -> list[Execution]:
 def test_restart_from_the_executions_topic_changes_nothing(
     data: st.DataObject, evs: list[tuple[Any, ...]], mode: str, fills: list[bool]
 ) -> None:
-    """Stops, targets and reversals (flattening at the close is the xfail test below)."""
+    """Stops, targets and reversals (flattening at the close: the restart test further below)."""
     f = fills if mode != "simulate" else None
     live = _desk(mode, exits=NO_FLATTEN)
     full = run(live, evs, f)
@@ -293,9 +293,6 @@ def test_positions_projection_of_a_round_trip_per_symbol_does_not_depend_on_part
             assert a is not None and a.status == "OPEN" and a.qty == desk_pos.qty * desk_pos.side
 
 
-@pytest.mark.xfail(strict=True, reason="PositionProjection settles a symbol once flat: the exit of a "
-                   "second round trip, arriving before the first round trip's exit, closes the first "
-                   "entry, and the second entry then stays OPEN")
 def test_positions_projection_of_two_round_trips_does_not_depend_on_partition_order() -> None:
     """Found by the property above once its runs filled and exited: enter, take profit, enter
     again, take profit again; the second exit arrives first (the four are keyed apart)."""
@@ -317,8 +314,6 @@ def test_positions_projection_of_two_round_trips_does_not_depend_on_partition_or
     assert b is not None and (b.status, b.qty, b.realized_pnl) == (a.status, a.qty, a.realized_pnl)
 
 
-@pytest.mark.xfail(strict=True, reason="AccountDesk.rebuild restores no closes: after a restart the "
-                   "close flattens a symbol with no bar since at its average price, not at its last close")
 def test_restart_before_the_close_flattens_at_the_same_price() -> None:
     """Found by the restart property once its runs filled and exited: MSFT bought, its take-profit
     order rejected, a restart, then no MSFT bar before the close flattens it."""

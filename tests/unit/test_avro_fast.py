@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.avro_fast import ColumnReader, RecordWriter, compile_reader
+from schemas.avro_columns import ColumnReader
+from schemas.avro_fast import RecordWriter, compile_reader
 from schemas.codec import AvroSchema, HeaderCodec, RegistryCodec, SchemaSet
 from schemas.records import RECORD_TYPES, DeadLetter, Record
 from tests.avro_values import avro_values
@@ -57,7 +58,7 @@ def test_the_fast_paths_cover_the_schemas_they_are_for() -> None:
     # readers: every schema (the sink reads them all); the writer: flat records of primitives
     assert set(READERS) == set(SCHEMAS) == set(RECORD_TYPES)
     assert set(WRITERS) == {"bar", "features", "news_item", "position", "broker_position", "option_quote",
-                            "equity_point", "reconcile_event"}
+                            "equity_point", "reconcile_event", "minute_closed"}
 
 
 @pytest.mark.parametrize("record", _samples(), ids=lambda r: r.SCHEMA)

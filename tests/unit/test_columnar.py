@@ -19,11 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors import bar_files
 from connectors import replay as rp
 from connectors.validation import RULE_KINDS, BarRejected, validate_bar, validate_columns
 from pipeline.report import _float_cells, to_json, write_records
-from schemas.avro_fast import decode_columns
 from schemas.codec import HeaderCodec, decode
+from schemas.column_decoder import decode_columns
 from schemas.records import Bar, Execution, Features, GateResult, Recommendation
 from tests.samples import sample_records
 
@@ -148,7 +149,7 @@ def test_the_usual_csv_is_read_column_wise_without_the_row_path(
         "MSFT,2026-11-20T14:30:00+00:00,1.5,2,1,1.75,100,,,0\n",
         "utf-8",
     )
-    monkeypatch.setattr(rp, "row_to_bar", None)  # any row left to the row path would fail here
+    monkeypatch.setattr(bar_files, "row_to_bar", None)  # any row left to the row path would fail here
     assert len(rp.load_bar_columns(path).prepared().bars) == 2
 
 

@@ -197,6 +197,19 @@ def test_end_of_session_flattens_every_position() -> None:
     assert d.state.book.count() == 0
 
 
+def test_a_bar_of_a_symbol_not_held_flattens_the_others_at_the_close() -> None:
+    d = desk()
+    for sym in ("AAPL", "MSFT"):
+        r = rec(sym)
+        d.on_recommendation(r, at(r))
+    before = datetime(2024, 3, 12, 19, 43, tzinfo=UTC)  # ends 15:44 ET: one minute before flat
+    assert not d.on_bar("NVDA", before, 50.0, before + timedelta(minutes=1))
+    last = before + timedelta(minutes=1)  # ends 15:45: flat now, whichever symbol's bar it is
+    exits = d.on_bar("NVDA", last, 50.0, last + timedelta(minutes=1))
+    assert sorted(x.symbol for x in exits) == ["AAPL", "MSFT"]
+    assert {exit_reason_of(x) for x in exits} == {"end_of_session"}
+
+
 def test_position_left_from_an_earlier_day_is_closed_at_the_first_bar() -> None:
     d = desk()
     r = rec()

@@ -160,7 +160,7 @@ from dataclasses import replace as _replace  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
 from schemas.records import Execution  # noqa: E402
-from trading.execution import exit_gate  # noqa: E402
+from trading.execution import exit_gate, exit_id  # noqa: E402
 from trading.positions import PositionProjection  # noqa: E402
 
 
@@ -174,7 +174,7 @@ def _exec(rid: str, action: str, intent: str, status: str, minute: int, price: f
 
 
 ENTRY = _exec("e1", "BUY", "entry", "SIMULATED", 0, 100.0)
-EXIT = _exec("x1", "SELL", "exit", "SIMULATED", 5, 98.0)
+EXIT = _exec(exit_id("acct", "e1"), "SELL", "exit", "SIMULATED", 5, 98.0)  # a rule exit names its entry
 
 
 def test_projection_open_then_closed() -> None:
@@ -206,3 +206,30 @@ def test_projection_submitted_then_filled_and_skipped_ignored() -> None:
     assert filled is not None and filled.avg_price == 101.0 and filled.status == "OPEN"
     assert p.apply(sub) == filled  # a late SUBMITTED does not undo the fill
     assert p.apply(_replace(EXIT, status="FAILED", mode="alpaca-paper")) == filled
+
+
+def test_projection_an_exit_arriving_before_an_earlier_exit_closes_its_own_entry() -> None:
+    """Two round trips of one symbol, keyed apart: the second exit arrives first, then the first
+    entry. The second exit names the second entry, so it must not close the first one."""
+    entry1, entry2 = ENTRY, _exec("e2", "BUY", "entry", "SIMULATED", 10, 100.0)
+    exit1 = EXIT  # 98: -20
+    exit2 = _exec(exit_id("acct", "e2"), "SELL", "exit", "SIMULATED", 15, 104.0)  # +40
+    p = PositionProjection({"acct": RULES})
+    assert p.apply(exit2) is None
+    opened = p.apply(entry1)
+    assert opened is not None and opened.status == "OPEN" and opened.qty == 10.0  # not closed by exit2
+    first = p.apply(exit1)
+    assert first is not None and first.status == "CLOSED" and first.realized_pnl == pytest.approx(-20.0)
+    second = p.apply(entry2)
+    assert second is not None and second.status == "CLOSED" and second.realized_pnl == pytest.approx(40.0)
+    assert p.open_positions() == []
+    assert p.apply(exit2) == second and p.apply(entry1) == second  # redeliveries: all settled
+
+
+def test_projection_a_reversal_names_no_entry_and_closes_what_is_open() -> None:
+    reversal = _replace(_exec("sig-9", "SELL", "exit", "SIMULATED", 5, 98.0),
+                        gates=[exit_gate("reversal", "SELL signal sig-9 reverses the position")])
+    p = PositionProjection({"acct": RULES})
+    p.apply(ENTRY)
+    closed = p.apply(reversal)
+    assert closed is not None and closed.status == "CLOSED" and closed.exit_reason == "reversal"
