@@ -6,14 +6,18 @@ snapshots (state.features) are taken by `take()` from states rebuilt by the agen
 Each run starts a real features stage under a fresh group, and times from its first batch (and
 from the stage's start) to the tail's outputs delivered: the stage is then ready for live bars.
 The two runs must end with equal engine states. With --watchlist, also the watchlist agent's
-start-up rebuild over the features.1m records of the same bars (it reads the whole topic). Run:
+start-up over the features.1m records of the same bars: the full rebuild (it reads the whole topic;
+with --baseline, also the old code's) vs restoring a state.watchlist snapshot taken --watchlist-tail
+features before the end and reading only the features after it. Run:
 python bench/bench_state_restore.py [--bars 1400000] [--symbols 50] [--tail 250] [--watchlist]
+    [--watchlist-only] [--baseline /tmp/base/streams/watchlist_agent.py]
 Prints figures, asserts only that the states agree.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -124,13 +128,30 @@ def start_stage(settings: Settings, endpoints: Endpoints, app_id: str, every_s: 
     return {"from_first_batch": ready - h.first, "from_stage_start": ready - t0}, h.states
 
 
-def watchlist_rebuild(settings: Settings, endpoints: Endpoints, bars: list[Bar]) -> None:
-    """features.1m holding one record per bar, then the watchlist handler's rebuild_sync."""
-    from schemas.topics import FEATURES
-    from streams.watchlist_agent import WatchlistAgentConfig, WatchlistHandler
+def load_old_watchlist_agent(path: Path) -> Any:
+    """The watchlist agent module of a baseline worktree (its streams/watchlist_agent.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("baseline_watchlist_agent", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def watchlist_rebuild(settings: Settings, endpoints: Endpoints, bars: list[Bar], tail: int,
+                      baseline: Path | None) -> None:
+    """features.1m holding one record per bar; the watchlist handler's start-up rebuild, full (and
+    the baseline's, if given) vs from a snapshot taken `tail` features before the end, same run."""
+    from schemas.topics import FEATURES, WATCHLIST_STATE
+    from streams.watchlist_agent import APP_ID, WatchlistAgentConfig, WatchlistHandler
+    from streams.watchlist_snapshot import take as take_watchlist
     from trading.features import FeatureEngine
+    from trading.watchlist import WatchlistBuilder
 
     engines: dict[str, FeatureEngine] = {}
+    feats = []
     t = time.perf_counter()
     with RecordProducer(settings, endpoints.kafka_bootstrap_servers, HeaderCodec()) as producer:
         for b in bars:
@@ -138,14 +159,65 @@ def watchlist_rebuild(settings: Settings, endpoints: Endpoints, bars: list[Bar])
             values = engine.update(b.ts, b.close, b.volume, b.revision)
             if values is not None:
                 producer.send(FEATURES, values)
-    print(f"produced {len(bars):,} features records in {time.perf_counter() - t:.1f}s")
-    papp = create_app(settings, endpoints, app_id="bench-watchlist", agents=[])
+                feats.append(values)
+    print(f"produced {len(feats):,} features records in {time.perf_counter() - t:.1f}s")
     universe = tuple(sorted(engines))  # the watchlist closes a window once every symbol moved on
-    config = WatchlistAgentConfig.from_settings(settings.model_copy(update={"pipeline_symbols": universe}))
-    handler = WatchlistHandler(papp, config, endpoints)
-    t = time.perf_counter()
-    handler.rebuild_sync()
-    print(f"watchlist rebuild (whole features.1m, news.scored, watchlist): {time.perf_counter() - t:.2f}s")
+    wl_settings = settings.model_copy(update={"pipeline_symbols": universe})
+
+    # the snapshot a live run would have written `tail` features before the end; the group committed all
+    parts = list(range(FEATURES.partitions))
+    partitioner = DefaultPartitioner()
+    where = [partitioner(f.symbol.encode(), parts, parts) for f in feats]
+    offsets, ends = Counter(where[: len(feats) - tail]), Counter(where)
+    papp = create_app(wl_settings, endpoints, app_id=APP_ID, agents=[])
+    config = WatchlistAgentConfig.from_settings(wl_settings)
+    builder = WatchlistBuilder(config.watchlist)
+    before = [e for f in feats[: len(feats) - tail] for e in builder.on_features(f)]
+    del feats
+    rec = take_watchlist(builder, dict(offsets), FEATURES.partitions, before[-1].ts if before else None,
+                         worker="bench")
+    state_topic = settings.topic(WATCHLIST_STATE.name)
+    bootstrap = endpoints.kafka_bootstrap_servers
+    raw = Producer(producer_config(settings, bootstrap))
+    value, headers = papp.codec.encode(state_topic, rec)
+    raw.produce(state_topic, value=value, key=rec.key().encode(), headers=list(headers))
+    assert raw.flush(30) == 0
+    consumer = Consumer(consumer_config(settings, bootstrap, group_id=papp.app.conf.id))
+    topic = settings.topic(FEATURES.name)
+    consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in ends.items()], asynchronous=False)
+    consumer.close()
+    print(f"snapshot: {len(rec.state):,} bytes, at {sum(offsets.values()):,} of {sum(ends.values()):,} "
+          "features")
+
+    states = {}
+    runs: list[tuple[str, Any]] = [
+        ("full rebuild (snapshots off)",
+         lambda: WatchlistHandler(papp, dataclasses.replace(config, snapshot_every_s=0.0), endpoints)),
+        ("snapshot + tail",
+         lambda: WatchlistHandler(papp, dataclasses.replace(config, snapshot_every_s=300.0), endpoints)),
+    ]
+    if baseline is not None:
+        old = load_old_watchlist_agent(baseline)
+        runs.insert(0, ("baseline (old code) full rebuild",
+                        lambda: old.WatchlistHandler(
+                            papp, old.WatchlistAgentConfig.from_settings(wl_settings), endpoints)))
+    for name, make in runs:
+        t = time.perf_counter()
+        try:
+            handler = make()
+            t = time.perf_counter()
+            _, built, missing = handler.rebuild_sync()
+            took = time.perf_counter() - t
+        except Exception as exc:  # noqa: BLE001 - the baseline fails at 1.4M: print it, go on
+            print(f"watchlist {name}: FAILED after {time.perf_counter() - t:.1f}s: "
+                  f"{type(exc).__name__}: {exc}")
+            continue
+        states[name] = built.to_state()
+        print(f"watchlist {name}: ready in {took:.2f}s ({len(missing)} entries to publish; "
+              f"load average {os.getloadavg()[0]:.1f})")
+    full, snap = states["full rebuild (snapshots off)"], states["snapshot + tail"]
+    assert full == snap, "the snapshot + tail builder state differs from the full rebuild's"
+    print("watchlist builder states equal (full rebuild vs snapshot + tail): True")
 
 
 def main() -> None:
@@ -154,6 +226,10 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=50)
     parser.add_argument("--tail", type=int, default=250, help="bars after the snapshots (5 min x 50 symbols)")
     parser.add_argument("--watchlist", action="store_true", help="also time the watchlist agent's rebuild")
+    parser.add_argument("--watchlist-only", action="store_true", help="only the watchlist figures")
+    parser.add_argument("--watchlist-tail", type=int, default=250,
+                        help="features after the watchlist snapshot")
+    parser.add_argument("--baseline", type=Path, help="a baseline worktree's streams/watchlist_agent.py")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("streams.features_agent").setLevel(logging.INFO)
@@ -173,8 +249,10 @@ def main() -> None:
             ends = partition_ends(bars)
             tail_ends = partition_ends(bars[len(bars) - args.tail :])
             committed = {p: ends[p] - tail_ends.get(p, 0) for p in ends}
-            if args.watchlist:
-                watchlist_rebuild(settings, endpoints, bars)
+            if args.watchlist or args.watchlist_only:
+                watchlist_rebuild(settings, endpoints, bars, args.watchlist_tail, args.baseline)
+            if args.watchlist_only:
+                return
             del bars
             rebuild = write_snapshots(settings, broker.bootstrap, committed)
             print(f"snapshots written after the agent's replay, alone: {sum(committed.values()):,} bars "

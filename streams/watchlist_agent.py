@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -97,28 +98,30 @@ class WatchlistHandler:
     def rebuild_sync(self) -> tuple[SentimentBook, WatchlistBuilder, list[WatchlistEntry]]:
         started = time.monotonic()
         book, builder = self._fresh()
-        for n in self.io.read_all(self.endpoints, NEWS_SCORED):
-            if isinstance(n, ScoredNews) and n.ticker != MARKET_KEY:
-                book.on_news(n)
-        choice = self._choose_snapshot(book)
         settings, bootstrap = self.papp.settings, self.endpoints.kafka_bootstrap_servers
-        published = None
-        if choice is not None and choice.builder is not None and choice.snapshot is not None:
-            builder, published = choice.builder, choice.snapshot.published
-            feats, ends = snap.read_after(settings, bootstrap, self.papp.codec, self.features_topic,
-                                          choice.offsets)
-            how = f"snapshot at {choice.snapshot.offsets} + {len(feats)} features after it"
-        else:
-            feats, ends = self._read_all_features()
-            how = f"all {len(feats)} features (full rebuild)"
+        with ThreadPoolExecutor(4, thread_name_prefix="watchlist-rebuild") as pool:  # the reads overlap
+            news = pool.submit(self.io.read_all, self.endpoints, NEWS_SCORED)
+            tail = pool.submit(read_tail, settings, bootstrap, self.io.physical(WATCHLIST), per_partition=8)
+            choice = self._choose_snapshot(book, pool)
+            published = None
+            if choice is not None and choice.builder is not None and choice.snapshot is not None:
+                builder, published = choice.builder, choice.snapshot.published
+                feats, ends = snap.read_after(settings, bootstrap, self.papp.codec, self.features_topic,
+                                              choice.offsets, pool)
+                how = f"snapshot at {choice.snapshot.offsets} + {len(feats)} features after it"
+            else:
+                feats, ends = self._read_all_features()
+                how = f"all {len(feats)} features (full rebuild)"
+            for n in news.result():
+                if isinstance(n, ScoredNews) and n.ticker != MARKET_KEY:
+                    book.on_news(n)
+            # the latest entry of each watchlist partition is its latest ts: entries go out in ts order
+            for e in map(self._decode_entry, tail.result()):
+                if e is not None and (published is None or e.ts > published):
+                    published = e.ts
         produced: list[WatchlistEntry] = []
         for f in snap.by_ts(feats):
             produced.extend(builder.on_features(f))
-        # the latest entry of each watchlist partition is its latest ts: entries go out in ts order
-        tail = read_tail(settings, bootstrap, self.io.physical(WATCHLIST), per_partition=8)
-        for e in map(self._decode_entry, tail):
-            if e is not None and (published is None or e.ts > published):
-                published = e.ts
         missing = [e for e in produced if published is None or e.ts > published]
         self.offsets = ends
         latest = snap.latest_ts(missing)
@@ -135,15 +138,16 @@ class WatchlistHandler:
             return None
         return rec if isinstance(rec, WatchlistEntry) else None
 
-    def _choose_snapshot(self, book: SentimentBook) -> snap.Choice | None:
+    def _choose_snapshot(self, book: SentimentBook, pool: ThreadPoolExecutor) -> snap.Choice | None:
         if self.snapshot_every_s <= 0:
             return None
         settings, bootstrap = self.papp.settings, self.endpoints.kafka_bootstrap_servers
         try:
+            offsets = pool.submit(snap.group_offsets, settings, bootstrap, self.papp.app.conf.id,
+                                  self.features_topic, FEATURES.partitions)
             records = snap.read_snapshots(settings, bootstrap, self.papp.codec,
                                           self.io.physical(WATCHLIST_STATE))
-            committed, starts = snap.group_offsets(settings, bootstrap, self.papp.app.conf.id,
-                                                   self.features_topic, FEATURES.partitions)
+            committed, starts = offsets.result()
             choice = snap.choose(records, partitions=FEATURES.partitions, committed=committed,
                                  log_start=starts, config=self.config.watchlist, sentiment=book.value)
         except Exception:  # a snapshot is an optimisation: without one, the full rebuild is the truth

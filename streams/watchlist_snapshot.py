@@ -12,6 +12,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -165,22 +166,27 @@ def group_offsets(settings: Settings, bootstrap: str, group: str, topic: str, pa
         consumer.close()
 
 
-def read_after(settings: Settings, bootstrap: str, codec: Codec, topic: str, starts: dict[int, int]
-               ) -> tuple[list[Features], dict[int, int]]:
-    """The decodable features of every partition from `starts` to its (true) end now, and the ends."""
+def read_after(settings: Settings, bootstrap: str, codec: Codec, topic: str, starts: dict[int, int],
+               pool: Executor) -> tuple[list[Features], dict[int, int]]:
+    """The decodable features of every partition from `starts` to its (true) end now, and the ends;
+    the partitions are read in parallel on `pool`."""
     ends = {p: end for (_, p), end in true_end_offsets(settings, bootstrap, [topic]).items()}
-    out: list[Features] = []
-    for p, end in sorted(ends.items()):
-        start = starts.get(p, 0)
+
+    def one(p: int, start: int, end: int) -> list[Features]:
+        out: list[Features] = []
         for offset, _key, value, headers in read_partition(settings, bootstrap, topic, p, start, end):
             try:
                 rec = decode(codec, Features, value, headers, topic=topic, partition=p, offset=offset)
             except DecodeError:  # the live agent dead-lettered it
                 continue
-            if isinstance(rec, Features):
-                out.append(rec)
-        ends[p] = max(end, start)
-    return out, ends
+            out.append(rec)
+        return out
+
+    reads = [pool.submit(one, p, starts.get(p, 0), end) for p, end in sorted(ends.items())
+             if end > starts.get(p, 0)]
+    for p in ends:
+        ends[p] = max(ends[p], starts.get(p, 0))
+    return [f for r in reads for f in r.result()], ends
 
 
 def latest_ts(entries: Iterable[Any]) -> datetime | None:

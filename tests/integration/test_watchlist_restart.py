@@ -5,6 +5,7 @@ run publishes, each entry once, including the entries a crash kept from being se
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,15 +71,17 @@ def test_a_restart_after_a_snapshot_reads_only_the_tail_and_publishes_the_same_w
     sent_live = threading.Event()
 
     def live_then_caught_up() -> bool:  # bars arriving while the stage runs, then everything handled
-        if not runs or runs[-1].stale:
+        if not runs or runs[-1].stale or not caught_up(provisioned, kafka_bootstrap, group, FEATURES)():
             return False
         if not sent_live.is_set():
-            for f in live:
-                produce.send(FEATURES, f)
-            produce.flush()
+            for minute in range(0, len(live), 2 * 6):  # 2 minutes of bars every 0.25 s
+                for f in live[minute : minute + 2 * 6]:
+                    produce.send(FEATURES, f)
+                produce.flush()
+                time.sleep(0.25)
             sent_live.set()
             return False
-        return caught_up(provisioned, kafka_bootstrap, group, FEATURES)() and runs[-1].snapshots_written > 0
+        return runs[-1].snapshots_written > 0
 
     run_until(stage_of(provisioned, kafka_bootstrap, runs, 0.2), live_then_caught_up)
     assert runs[0].restored_from is None  # nothing to restore: the full rebuild

@@ -16,7 +16,7 @@ import pytest
 from opsinfra.errors import DecodeError
 from schemas.codec import HeaderCodec, decode
 from schemas.records import Features, WatchlistSnapshot
-from streams.watchlist_snapshot import FORMAT, by_ts, checksum_of, choose, code_version, take
+from streams.watchlist_snapshot import FORMAT, Choice, by_ts, checksum_of, choose, code_version, take
 from tests.integration.test_trading_helpers import session_features
 from trading.watchlist import WatchlistBuilder, WatchlistConfig
 
@@ -110,9 +110,11 @@ def resealed(rec: WatchlistSnapshot, **changes: object) -> WatchlistSnapshot:
     return dataclasses.replace(rec, checksum=checksum_of(rec))
 
 
-def pick(records: list[WatchlistSnapshot | DecodeError], *, committed: int = 10, log_start: int = 0):
-    return choose(list(enumerate(records)), partitions=PARTS, committed=dict.fromkeys(range(PARTS), committed),
-                  log_start=dict.fromkeys(range(PARTS), log_start), config=CONFIG)
+def pick(records: list[WatchlistSnapshot | DecodeError], *, committed: int = 10, log_start: int = 0
+         ) -> Choice:
+    return choose(list(enumerate(records)), partitions=PARTS, config=CONFIG,
+                  committed=dict.fromkeys(range(PARTS), committed),
+                  log_start=dict.fromkeys(range(PARTS), log_start))
 
 
 @pytest.mark.parametrize(("record", "reason", "kw"), [
