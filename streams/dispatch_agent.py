@@ -23,6 +23,7 @@ from schemas.records import (
     Execution,
     Features,
     MinuteClosed,
+    OptionQuote,
     Record,
 )
 from schemas.topics import (
@@ -149,7 +150,7 @@ class DispatchHandler(BrokerSide):
         history = [e for e in self.io.read_all(self.endpoints, EXECUTIONS) if isinstance(e, Execution)]
         desks = {a.name: AccountDesk(a, self.calendar) for a in self.config.accounts}
         broker: list[Record] = []
-        if any(a.uses_broker for a in self.config.accounts):  # (ControlEvent: read below)
+        if any(a.uses_broker or a.instrument == "option" for a in self.config.accounts):  # (control: below)
             for spec in (BROKER_ACCOUNTS, BROKER_POSITIONS, OPTION_QUOTES):
                 broker += self.io.read_all(self.endpoints, spec)
         control = sorted((r for r in self.io.read_all(self.endpoints, CONTROL)
@@ -160,6 +161,12 @@ class DispatchHandler(BrokerSide):
                 if self.config.clock == "wall" or (last is not None and decided_at(event) <= last):
                     desk.on_control(event, event.at, rebuilding=True)
             n = desk.rebuild(history)
+            if desk.config.instrument == "option":  # the chains it had seen (trading.option_desk)
+                seen = [r for r in broker if isinstance(r, OptionQuote)]
+                if self.config.clock == "bar":  # as rebuild_view below: what its last decision saw
+                    saw = desk.last_decided()
+                    seen = [] if saw is None else [r for r in seen if decided_at(r) <= saw]
+                desk.rebuild_quotes(seen)
             if desk.config.uses_broker:
                 # live, everything read so far is the broker's latest word; in a replay only what
                 # the desk's last decision could have seen (the rest is delivered again, in order)

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from schemas.records import ControlEvent, Execution, GateResult, Recommendation
+from schemas.records import ControlEvent, Execution, GateResult, OptionQuote, Recommendation
 from trading import execution as ex
 from trading.broker import BrokerView
 from trading.calendar import NEW_YORK, SessionCalendar, trading_day
@@ -27,6 +27,8 @@ from trading.gates import (
     entry_window,
     failure_reason,
 )
+from trading.option_chain import ChainBook
+from trading.option_desk import OptionDesk
 from trading.positions import OpenPosition
 from trading.reconcile import BrokerTruth
 
@@ -91,12 +93,13 @@ def accounts_from_settings(settings: Any) -> tuple[AccountConfig, ...]:
 # -- the desk -----------------------------------------------------------------------------------
 
 
-class AccountDesk(BrokerTruth):
+class AccountDesk(OptionDesk, BrokerTruth):
     """Decides for one account: exactly one Execution per (recommendation, account)."""
 
     __slots__ = ("config", "calendar", "gates", "state", "_status", "_submitted", "_marks", "_day_cache",
                  "_last_stamp", "broker", "_in_flight", "_coids", "_broker_ids", "_reported", "_cash_flow",
-                 "_external_attempts", "_external_orders", "halted", "_control_seen")
+                 "_external_attempts", "_external_orders", "halted", "_control_seen", "chains", "_resting",
+                 "_quotes", "synthetic_iv")
 
     def __init__(self, config: AccountConfig, calendar: SessionCalendar) -> None:
         self.config = config
@@ -121,6 +124,11 @@ class AccountDesk(BrokerTruth):
         # the operator's control (trading.control): a halt, and the changes already applied
         self.halted: Halt | None = None
         self._control_seen: set[str] = set()
+        # option accounts (trading.option_desk): the chains seen, the simulate orders resting
+        self.chains = ChainBook()
+        self._resting: dict[str, Execution] = {}
+        self._quotes: dict[str, OptionQuote] = {}
+        self.synthetic_iv: float | None = None  # a research backtest's modelled chains (option_desk)
 
     def _stamp(self, now: datetime) -> datetime:
         """decided_at: the clock time, nudged by microseconds to be strictly increasing per account,
@@ -165,6 +173,8 @@ class AccountDesk(BrokerTruth):
             return self._exit(rec.id, pos, price, rec.ts, now, "reversal",
                               f"{rec.action} signal {rec.id} reverses the position", stamp)
         config = self.config
+        if config.instrument == "option":
+            return self._option_entry(rec, now, stamp)
         qty = ex.entry_qty(config.notional_per_trade, price, fractional=config.fractional)
         plan = OrderPlan(rec.symbol, rec.action, "entry", rec.confidence, rec.ts, price, qty)
         if config.uses_broker:
@@ -207,6 +217,8 @@ class AccountDesk(BrokerTruth):
         positions = book._positions
         if not positions:  # the common case, kept to one check
             return _NO_EXITS
+        if self.config.instrument == "option":
+            return self.option_bar(symbol, close, now) or _NO_EXITS
         day = self._day_cache
         # day[4]/day[5]: the day's bounds less a minute, so the bar's start is compared with them
         # (bar_end = ts + MINUTE in [start, end)) without making bar_end on every call
@@ -306,6 +318,8 @@ class AccountDesk(BrokerTruth):
             return []
         out: list[Execution] = []
         bar_ts = now - MINUTE
+        if self.config.instrument == "option":  # at quoted bids only (trading.option_desk)
+            return self.option_flatten(now, f"halt --flatten: {event.reason}")
         for pos in self.state.book:
             if pos.status == "OPEN":
                 mark = self._marks.get(pos.symbol, pos.avg_price)
@@ -336,6 +350,8 @@ class AccountDesk(BrokerTruth):
         if prev is not None and prev != ex.SUBMITTED:
             return False  # final statuses do not change
         self.note_decision(execution)
+        if self.config.instrument == "option":
+            self.note_resting(execution)
         if execution.intent in (ex.EXTERNAL_EXIT, ex.ADJUST):
             return self._apply_broker_intent(execution, prev)
         state = self.state

@@ -12,6 +12,7 @@ from typing import Any, Literal, NamedTuple, Self
 from schemas.records import GateResult
 from trading.broker import BrokerView, ExternalRules
 from trading.calendar import NEW_YORK, SessionCalendar, trading_day
+from trading.option_chain import INSTRUMENTS, OptionsConfig
 from trading.options import is_option
 from trading.positions import ExitRules, PositionBook
 
@@ -76,6 +77,10 @@ class AccountConfig:
     external_trailing_stop_pct: float | None = None
     option_close_days_before_expiry: int = 1
     external_flat_at_close: bool = False
+    # -- what an entry buys: shares, or (instrument "option") a call for BUY / a put for SELL chosen
+    # by the options block (trading.option_chain); an option account without one gets its defaults
+    instrument: str = "stock"
+    options: OptionsConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.name or ":" in self.name:
@@ -97,6 +102,18 @@ class AccountConfig:
             _ = self.external  # validates the external-exit rules
         except ValueError as exc:
             raise ValueError(f"account {self.name}: {exc}") from None
+        if self.instrument not in INSTRUMENTS:
+            raise ValueError(f"account {self.name}: instrument {self.instrument!r} is not one of "
+                             f"{INSTRUMENTS}")
+        if self.options is not None and not isinstance(self.options, OptionsConfig):
+            raise ValueError(f"account {self.name}: options must be an options block, not "
+                             f"{type(self.options).__name__}")
+        if self.instrument == "option":
+            if self.options is None:
+                object.__setattr__(self, "options", OptionsConfig())
+            if self.uses_broker:  # the live stage does not read chains yet: no broker option account
+                raise ValueError(f"account {self.name}: instrument 'option' needs mode 'simulate' "
+                                 "without broker_truth for now")
 
     @property
     def uses_broker(self) -> bool:
@@ -116,6 +133,12 @@ class AccountConfig:
     def from_dict(cls, data: dict[str, Any]) -> AccountConfig:
         data = dict(data)
         exits = data.pop("exits", None)
+        options = data.get("options")
+        if options is not None and not isinstance(options, OptionsConfig):
+            try:
+                data["options"] = OptionsConfig.from_dict(options)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"account {data.get('name')!r}: {exc}") from None
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"account {data.get('name')!r}: unknown fields {sorted(unknown)}")

@@ -12,6 +12,7 @@ from typing import Any
 
 from schemas.records import Execution
 from trading.execution import ADJUST, exit_reason_of
+from trading.options import multiplier
 
 FILLED = ("SIMULATED", "FILLED")
 MINUTES_PER_YEAR = 252 * 390
@@ -65,7 +66,8 @@ class Ledger:
                 self.cash -= (signed - held[0]) * e.price
                 self.positions[e.symbol] = (signed, e.price, held[2], held[3])
             return
-        signed = e.qty if e.action == "BUY" else -e.qty
+        mult = multiplier(e.symbol)  # an option's qty is in contracts, its price per share: x 100
+        signed = (e.qty if e.action == "BUY" else -e.qty) * mult
         self.cash -= signed * e.price
         held = self.positions.get(e.symbol)
         when = e.bar_used_ts or e.decided_at
@@ -81,7 +83,7 @@ class Ledger:
                     self.account,
                     e.symbol,
                     side,
-                    closed,
+                    closed / mult,
                     opened,
                     price,
                     when,

@@ -34,6 +34,9 @@ class OptionsConfig:
     strike_range_pct: float = 15.0  # strikes read around the close: +- this much
     max_chain_age_s: float = 300.0  # an older chain snapshot is not chosen from
     entry_cutoff_minutes: int = 30  # no new option entries in the session's last minutes
+    # exits of an option position, on its premium (the quote's mid): None turns a rule off
+    stop_loss_pct: float | None = 50.0  # premium fell this much below the entry
+    take_profit_pct: float | None = 100.0  # premium rose this much above the entry
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ValueError:
@@ -64,6 +67,13 @@ class OptionsConfig:
         if premium is not None and (isinstance(premium, bool) or not isinstance(premium, int | float)
                                     or not math.isfinite(premium) or premium <= 0):
             raise bad(f"max_premium_per_contract {premium!r} must be a positive number or null")
+        for name in ("stop_loss_pct", "take_profit_pct"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value) or value <= 0):
+                raise bad(f"{name} {value!r} must be a positive number or null")
+        if self.stop_loss_pct is not None and self.stop_loss_pct >= 100:
+            raise bad(f"stop_loss_pct {self.stop_loss_pct} must be below 100")
         if self.limit not in LIMIT_MODES:
             raise bad(f"limit {self.limit!r} is not one of {LIMIT_MODES}")
 

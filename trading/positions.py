@@ -21,13 +21,14 @@ from trading.execution import (
     exit_id,
     exit_reason_of,
 )
+from trading.options import multiplier
 
 PENDING = "PENDING"  # entry order sent, not filled yet: counts toward limits already
 OPEN = "OPEN"
 EXITING = "EXITING"  # exit order sent, not filled yet: no second exit
 _STATUSES = (PENDING, OPEN, EXITING)
 
-EXIT_REASONS = ("stop_loss", "take_profit", "trailing_stop", "end_of_session", "reversal")
+EXIT_REASONS = ("stop_loss", "take_profit", "trailing_stop", "end_of_session", "reversal", "option_expiry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class OpenPosition:
         "status",
         "exit_attempts",
         "last_bar",
+        "mult",
     )
 
     def __init__(
@@ -89,6 +91,7 @@ class OpenPosition:
         # The latest bar that acted on the position (its entry, a failed exit): older or equal bars,
         # as redelivered after a restart, are ignored; both come back from the executions topic.
         self.last_bar = opened_at
+        self.mult = multiplier(symbol)  # 100 for an option contract (prices are per share)
         self.set_price(avg_price, rules)
 
     def set_price(self, avg_price: float, rules: ExitRules) -> None:
@@ -158,7 +161,7 @@ class PositionBook:
 
     def exposure(self) -> float:
         """Entry notional of every position, pending and exiting ones included."""
-        return sum(p.qty * p.avg_price for p in self._positions.values())
+        return sum(p.qty * p.avg_price * p.mult for p in self._positions.values())
 
     # -- fills ----------------------------------------------------------------------------------
 
@@ -218,7 +221,7 @@ class PositionBook:
         if pos is None:
             return 0.0
         qty = min(qty, pos.qty)
-        pnl = (price - pos.avg_price) * qty * pos.side
+        pnl = (price - pos.avg_price) * qty * pos.side * pos.mult
         pos.qty -= qty
         if pos.qty <= 1e-9:
             del self._positions[symbol]
@@ -409,7 +412,8 @@ class PositionProjection:
 
 
 # exits whose id is exit_id(account, entry id, attempt); a reversal's id is its signal's
-_NAMED_EXITS = frozenset({"stop_loss", "take_profit", "trailing_stop", "end_of_session", "operator_flatten"})
+_NAMED_EXITS = frozenset({"stop_loss", "take_profit", "trailing_stop", "end_of_session", "operator_flatten",
+                          "option_expiry"})
 
 
 def _closes(e: Execution, account: str, entry_id: str, attempts: int) -> bool:

@@ -66,6 +66,7 @@ class BrokerTruth:
         def _stamp(self, now: datetime) -> datetime: ...
         def apply(self, execution: Execution) -> bool: ...
         def _flatten_now(self, now: datetime) -> bool: ...
+        def on_chain_quote(self, quote: OptionQuote, now: datetime) -> list[Execution]: ...
 
     # -- what the gates need ---------------------------------------------------------------------
 
@@ -196,6 +197,8 @@ class BrokerTruth:
         return execs, events
 
     def on_option_quote(self, quote: OptionQuote, now: datetime) -> tuple[list[Execution], list[ReconcileEvent]]:
+        if self.config.instrument == "option":  # never on the broker's truth (AccountConfig)
+            return self.on_chain_quote(quote, now), []
         view = self.broker
         if not view.apply_quote(quote):
             return _NOTHING
@@ -279,8 +282,8 @@ def equity_point(desk: Any, ts: datetime) -> EquityPoint:
     cost = unrealized = 0.0
     for pos in state.book:
         mark = desk._marks.get(pos.symbol, pos.avg_price)
-        cost += pos.side * pos.qty * pos.avg_price
-        unrealized += pos.side * pos.qty * (mark - pos.avg_price)
+        cost += pos.side * pos.qty * pos.avg_price * pos.mult
+        unrealized += pos.side * pos.qty * (mark - pos.avg_price) * pos.mult
     cash = config.starting_cash + state.realized_total - cost
     return EquityPoint(config.name, ts, config.starting_cash + state.realized_total + unrealized, cash,
                        state.realized_total, unrealized, positions, "book")
