@@ -19,16 +19,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from connectors.replay import FILE_COLUMNS, BarColumns, Rejected, counts_text, gc_paused, load_bar_columns
-from opsinfra.endpoints import resolve
+# the modules of a topic (Kafka, Avro) are imported by the runs that read one
+from connectors.bar_columns import BarColumns, gc_paused
+from connectors.bar_files import load_bar_columns
+from connectors.bar_rows import FILE_COLUMNS, Rejected, counts_text
 from opsinfra.errors import InputError, PipelineError
 from opsinfra.settings import Settings
-from pipeline.notebook import _as_utc
-from pipeline.report import FORMATS, _fmt, json_default, write_html, write_records, write_rows
-from schemas.codec import make_codec
+from pipeline.report import FORMATS, json_default, write_records, write_rows
+from pipeline.report_html import _fmt, write_html
 from schemas.records import Bar, Execution, Features, NewsItem, Recommendation, Record, ScoredNews
-from schemas.topic_columns import read_columns
-from schemas.topic_io import read_decoded
 from trading.accounts import AccountConfig, accounts_from_settings, load_accounts
 from trading.backtest import Backtester, BacktestResult
 from trading.calendar import TradingCalendar
@@ -38,6 +37,7 @@ console = Console()
 
 
 def _time(text: str | None) -> datetime | None:
+    from pipeline.notebook import _as_utc
 
     return _as_utc(text)
 
@@ -120,6 +120,10 @@ def load_columns(
 
 def _topic_bars(settings: Settings, topic: str, phases: Phases) -> BarColumns:
     """A topic's bars as columns in replay order (as `prepare_bars` orders records read back)."""
+    from opsinfra.endpoints import resolve
+    from schemas.codec import make_codec
+    from schemas.topic_columns import read_columns
+
     physical = _physical(settings, topic)
     endpoints = resolve(settings, need_db=False)
     with phases.timed("load"), gc_paused():  # decoded column-wise as the batches arrive
@@ -136,6 +140,9 @@ def _physical(settings: Settings, topic: str) -> str:
 
 
 def _read_topic(settings: Settings, topic: str, record_type: type[Record]) -> list[Record]:
+    from opsinfra.endpoints import resolve
+    from schemas.codec import make_codec
+    from schemas.topic_io import read_decoded
 
     endpoints = resolve(settings, need_db=False)
     codec = make_codec(endpoints.schema_registry_url)
@@ -391,7 +398,9 @@ def _run(
 
 
 def _run_recorded(settings: Settings, out: Path, accounts: str | None, fmt: str) -> None:
+    from opsinfra.endpoints import resolve
     from pipeline.recorded_backtest import run_recorded
+    from schemas.codec import make_codec
 
     endpoints = resolve(settings, need_db=False)
     run = run_recorded(settings, endpoints.kafka_bootstrap_servers, make_codec(endpoints.schema_registry_url),

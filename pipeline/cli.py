@@ -4,6 +4,7 @@ meets ends here as one line, `error: <what> (<what to do>)`, exit 2 (configurati
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -19,9 +20,8 @@ from rich.table import Table
 from opsinfra.endpoints import resolve
 from opsinfra.errors import ConfigError, InputError, PipelineError
 from opsinfra.settings import Settings, redact_url
-from pipeline import backtest_cli, bars_cli, control_cli, dashboard, explain
+from pipeline import backtest_cli  # the other commands' modules: see _command_modules
 from pipeline.boundary import Shell
-from pipeline.provision import admin_client, provision
 from schemas.topics import ALL_TOPICS
 
 app = typer.Typer(
@@ -110,6 +110,8 @@ def _wait_for_signal() -> int:
 def up(ctx: typer.Context) -> None:
     """Start the embedded broker and PostgreSQL (unless configured), provision them, and wait."""
     from opsinfra.embedded import EmbeddedServices
+    from pipeline import dashboard
+    from pipeline.provision import provision
 
     settings = _settings(ctx)
     services = EmbeddedServices(
@@ -141,6 +143,7 @@ def up(ctx: typer.Context) -> None:
 def topics_list(ctx: typer.Context) -> None:
     """Every topic on the broker, with partitions, marking the contract ones."""
     from opsinfra.kafka_admin import list_topics
+    from pipeline.provision import admin_client
 
     settings = _settings(ctx)
     ep = resolve(settings, need_db=False)
@@ -163,6 +166,7 @@ def topics_list(ctx: typer.Context) -> None:
 def topics_create(ctx: typer.Context) -> None:
     """Create every contract topic (and its .dlq) that does not exist yet."""
     from opsinfra.kafka_admin import create_topics
+    from pipeline.provision import admin_client
 
     settings = _settings(ctx)
     ep = resolve(settings, need_db=False)
@@ -179,6 +183,7 @@ def topics_describe(
 ) -> None:
     """Partitions and configs of topics."""
     from opsinfra.kafka_admin import describe_topics
+    from pipeline.provision import admin_client
 
     settings = _settings(ctx)
     ep = resolve(settings, need_db=False)
@@ -233,6 +238,7 @@ def run(
     if len(names) == 1:
         _run_one(names[0], settings, endpoints)
         return
+    from pipeline import dashboard
     from pipeline.supervisor import supervise
 
     # DASHBOARD_PORT set: the supervisor serves the page too (its children, one stage each, do not)
@@ -310,6 +316,7 @@ def status(
     """Health of topics, consumer groups, bars, news and tables; exit 1 with the reasons if unhealthy."""
     import json as _json
 
+    from pipeline import bars_cli
     from pipeline.status import collect
 
     settings = _settings(ctx)
@@ -404,8 +411,29 @@ def demo(ctx: typer.Context) -> None:
     raise typer.Exit(run_demo(_settings(ctx), console))
 
 
-for _commands in (bars_cli, explain, backtest_cli, control_cli, dashboard):  # each: register(app)
-    _commands.register(app)
+def _command_modules(argv: list[str] | None) -> list[str]:
+    """The modules whose commands to register (each: register(app)): all of them, but when the
+    program is run as `ops-pipeline backtest ...` only backtest's, so that a backtest does not
+    import the Kafka, Postgres and web clients it does not use (`argv`: the program's arguments;
+    None when this module is imported, by tests say)."""
+    everything = ["pipeline.bars_cli", "pipeline.explain", "pipeline.backtest_cli", "pipeline.control_cli",
+                  "pipeline.dashboard"]  # fmt: skip
+    args = iter(argv or ())
+    for arg in args:
+        if arg == "--data-dir":  # the top-level option that takes a value
+            next(args, None)
+        elif not arg.startswith("-"):
+            return ["pipeline.backtest_cli"] if arg == "backtest" else everything
+    return everything
+
+
+def _program_args() -> list[str] | None:
+    run = __name__ == "__main__" or Path(sys.argv[0]).name == "ops-pipeline"
+    return sys.argv[1:] if run else None
+
+
+for _module in _command_modules(_program_args()):
+    importlib.import_module(_module).register(app)
 
 
 def main() -> None:

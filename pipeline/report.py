@@ -1,12 +1,10 @@
 """The files of a backtest or a demo session: record tables (CSV or Parquet, written column-wise,
-the CSV byte for byte what csv.writer made of the records) and report.html (equity, drawdown)."""
+the CSV byte for byte what csv.writer made of the records) and report.html (pipeline.report_html)."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import functools
-import html
 import io
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -17,66 +15,10 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from pipeline.json_cells import json_default, to_json, to_json_cell  # noqa: F401 - json_default too
+from pipeline.json_cells import JsonCells, json_default, to_json  # noqa: F401 - json_default too
+from pipeline.report_html import _fmt, write_html  # noqa: F401 - where they were
 from schemas.codec import SchemaSet
 from schemas.records import Record
-from trading.ledger import Ledger, drawdown
-
-
-def _png(ledger: Ledger) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, height_ratios=(3, 1))
-    if ledger.curve:
-        ts, eq = zip(*ledger.curve, strict=True)
-        dd = [d for _, d in drawdown(ledger.curve)]
-        ax1.plot(ts, eq, color="#1f77b4", linewidth=1.2)
-        ax2.fill_between(ts, dd, 0, color="#d62728", alpha=0.4)
-    ax1.set_title(f"{ledger.account}: equity")
-    ax1.set_ylabel("USD")
-    ax2.set_ylabel("drawdown")
-    ax2.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.2f}"
-    return str(value)
-
-
-def write_html(
-    path: Any, title: str, summaries: list[dict[str, Any]], ledgers: list[Ledger], notes: Sequence[str] = ()
-) -> None:
-    cols = list(summaries[0]) if summaries else []
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(s[c]))}</td>" for c in cols) + "</tr>" for s in summaries
-    )
-    figures = "".join(
-        f'<h2>{html.escape(led.account)}</h2><img alt="equity and drawdown of {html.escape(led.account)}" '
-        f'src="data:image/png;base64,{_png(led)}">'
-        for led in ledgers
-    )
-    note_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}</style></head>
-<body><h1>{html.escape(title)}</h1><table><tr>{head}</tr>{rows}</table><ul>{note_html}</ul>{figures}
-</body></html>"""
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(doc)
-
 
 # Record tables. A column's kind comes from the record's Avro schema (a file and a topic hold the
 # same thing); a CSV cell is what csv.writer wrote for the value: repr of a float, str of an int
@@ -124,7 +66,7 @@ def write_records(
     import pyarrow as pa
 
     kinds = record_kinds(record_type)
-    columns = _columns(records, kinds)
+    columns = _columns(records, kinds, csv=fmt != "parquet")
     order = _time_order(records, columns["ts"], columns["symbol"]) if by_time and records else None
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -165,16 +107,17 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _columns(records: Sequence[Any], kinds: dict[str, str]) -> dict[str, _Column]:
+def _columns(records: Sequence[Any], kinds: dict[str, str], csv: bool = False) -> dict[str, _Column]:
     """The records' fields as columns, a few thousand records at a time: each record and its values
-    are touched while they are in the CPU's cache (records made over a long run lie far apart)."""
+    are touched while they are in the CPU's cache (records made over a long run lie far apart);
+    `csv`: the columns formatted by Python (JSON, say) are kept as their CSV cells."""
     builders = {name: _Builder(kind) for name, kind in kinds.items()}
     getters = [(attrgetter(name), b) for name, b in builders.items()]
     for start in range(0, len(records), _ROWS):
         part = records[start: start + _ROWS]
         for get, builder in getters:
             builder.add(list(map(get, part)))
-    return {name: b.finish(functools.partial(_field, records, name)) for name, b in builders.items()}
+    return {name: b.finish(functools.partial(_field, records, name), csv) for name, b in builders.items()}
 
 
 def _field(records: Sequence[Any], name: str) -> list[Any]:
@@ -225,15 +168,18 @@ class _Builder:
         except (OverflowError, pa.ArrowException):  # an int beyond int64
             self.ok = False
 
-    def finish(self, values: Callable[[], list[Any]]) -> _Column:
-        """The column; `values`: its Python values, for a column given up on."""
+    def finish(self, values: Callable[[], list[Any]], csv: bool = False) -> _Column:
+        """The column; `values`: its Python values, for a column given up on (`csv`: then kept as
+        its CSV cells, quoted as csv.writer quotes them)."""
         import numpy as np
         import pyarrow as pa
 
         if not self.ok:  # JSON of maps and lists; values of a type the schema does not say
-            text = to_json_cell if self.kind == "json" else lambda v: str(_cell(v))
+            text = JsonCells() if self.kind == "json" else lambda v: str(_cell(v))
             texts = [None if v is None else text(v) for v in values()]
-            return _Column("text", pa.array(texts, pa.string()))
+            if csv:
+                return _Column("cell", _text_array([None if t is None else _csv_cell(t) for t in texts]))
+            return _Column("text", _text_array(texts))
         if self.kind in ("str", "time"):
             codes = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int32)
             labels = pa.array(self.labels, _arrow_type(self.kind))
@@ -241,6 +187,21 @@ class _Builder:
             return _Column(self.kind, coded, self.labels)
         empty = pa.array([], _arrow_type(self.kind))
         return _Column(self.kind, pa.concat_arrays(self.parts) if self.parts else empty)
+
+
+def _text_array(texts: list[str | None]) -> Any:
+    """An Arrow string array of `texts`; when all are ASCII, none None (JSON cells, say), made from
+    their concatenation and lengths, which is several times faster than converting each string."""
+    import numpy as np
+    import pyarrow as pa
+
+    if None not in texts:
+        data = "".join(texts)  # type: ignore[arg-type]
+        if data.isascii() and len(data) < 2**31:  # characters are bytes; int32 offsets
+            offsets = np.zeros(len(texts) + 1, np.int32)
+            np.cumsum(np.fromiter(map(len, texts), np.int32, len(texts)), out=offsets[1:])  # type: ignore[arg-type]
+            return pa.StringArray.from_buffers(len(texts), pa.py_buffer(offsets), pa.py_buffer(data.encode()))
+    return pa.array(texts, pa.string())
 
 
 class _Column:
@@ -268,6 +229,8 @@ class _Column:
             return pa.DictionaryArray.from_arrays(self.array.indices, labels).cast(pa.string())
         if self.kind == "str":
             return _quoted(self.array.dictionary).take(self.array.indices)
+        if self.kind == "cell":  # quoted already
+            return self.array
         return _quoted(self.array)
 
     def arrow(self) -> Any:
@@ -306,6 +269,16 @@ def _replaced(text: Any, where: Any, change: Callable[[Any], Any]) -> Any:
     mask = pa.array(where)
     return pc.replace_with_mask(text, mask, change(text.filter(mask)))
 
+
+
+def _csv_cell(text: str) -> str:
+    """One text as csv.writer writes it (QUOTE_MINIMAL: quoted when it holds a comma, a quote,
+    CR or LF; a quote doubled)."""
+    if '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    if "," in text or "\r" in text or "\n" in text:
+        return '"' + text + '"'
+    return text
 
 
 def _quoted(array: Any) -> Any:

@@ -28,6 +28,7 @@ from trading.clock import MINUTE
 from trading.features import FeatureEngine, InvalidBar, OutOfOrderBar
 from trading.gates import AccountConfig
 from trading.ledger import Ledger
+from trading.option_desk import cfg_is_option, modelled_accounts
 from trading.ordering import canonical_key
 from trading.signals import SignalRule, StrategyConfig
 from trading.watchlist import WatchlistBuilder, WatchlistConfig
@@ -54,7 +55,12 @@ class BacktestResult:
         return self.bars / self.seconds if self.seconds > 0 else None
 
     def summaries(self) -> list[dict[str, Any]]:
-        return [led.summary(bars=self.bars, seconds=self.seconds) for led in self.ledgers.values()]
+        out = [led.summary(bars=self.bars, seconds=self.seconds) for led in self.ledgers.values()]
+        modelled = modelled_accounts(self.executions)  # option results on Black-Scholes chains
+        for summary in out:
+            if summary["account"] in modelled:
+                summary["modelled"] = True
+        return out
 
 
 class Backtester:
@@ -68,9 +74,13 @@ class Backtester:
         watchlist: WatchlistConfig | None = None,
         *,
         keep_features: bool = True,
+        synthetic_iv: float | None = None,
     ) -> None:
         self.rule = SignalRule(strategy)
         self.desks = [AccountDesk(cfg, calendar) for cfg in accounts]
+        for desk in self.desks:  # research over bars only: option accounts price chains at this IV
+            if cfg_is_option(desk.config):
+                desk.synthetic_iv = synthetic_iv
         self.watchlist = WatchlistBuilder(watchlist) if self.rule.config.require_watchlist else None
         self.engines: dict[str, FeatureEngine] = {}
         self.keep_features = keep_features

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pipeline.json_cells import to_json, to_json_cell
+from pipeline.json_cells import JsonCells, to_json, to_json_cell
 from schemas.records import GateResult
 
 scalars = st.one_of(
@@ -51,3 +51,13 @@ def test_the_usual_gates_take_the_direct_path() -> None:
              GateResult("submit_rate", False, 3.0, None, "caf\u00e9 \"limit\"")]  # fmt: skip
     assert to_json_cell(usual) == to_json(usual)
     assert to_json_cell([*usual, ["not a gate"]]) == to_json([*usual, ["not a gate"]])
+
+
+@given(st.lists(st.lists(gates, max_size=3), max_size=8))
+@example([[GateResult("g", True, 0.0, 1, "")], [GateResult("g", True, -0.0, 1, "")],
+          [GateResult("g", True, 1, True, "")], [GateResult("g", True, 1.0, 1, "")],
+          [GateResult("g", True, True, 1.0, "")], [GateResult("g", 1, 1, 1, "")]])  # type: ignore[arg-type]
+def test_a_column_of_gate_lists_is_written_cell_by_cell_as_to_json_writes_it(column: list[Any]) -> None:
+    cells = JsonCells(limit=4)  # gate texts kept across cells, and dropped when there are too many
+    assert [written(cells, value) for value in column] == [written(to_json, value) for value in column]
+
