@@ -270,6 +270,8 @@ def write_outputs(
             f"{result.bars} bars, {len(result.signals)} signals, {len(result.executions)} executions",
             "Sharpe on per-minute equity returns, annualised with sqrt(252 x 390).",
         ],
+        executions=result.executions,
+        closes=((f.ts, f.symbol, f.close) for f in result.features),
     )
     write_summary(out, summary)
     return summary
@@ -331,6 +333,11 @@ def register(app: typer.Typer) -> None:
                                    "decisions over a live run's topics, at the times its minute closures "
                                    "recorded (no --bars/--topic).")
         ] = "bar",
+        synthetic_iv: Annotated[
+            float | None, typer.Option(help="Option accounts without recorded chains: price a synthetic "
+                                            "chain by Black-Scholes at this implied volatility (0.3 = 30%); "
+                                            "the results are labelled modelled.")
+        ] = None,
     ) -> None:
         """Run features, signals, gates, fills and positions over bars in-process (bar time as the clock)."""
 
@@ -345,13 +352,17 @@ def register(app: typer.Typer) -> None:
                              hint="see `ops-pipeline backtest --help`")
         if format not in FORMATS:
             raise InputError(f"--format {format}: not a format", hint=f"one of {', '.join(FORMATS)}")
-        _run(settings, out, bars, topic, news, news_topic, start, end, symbols, accounts, format)
+        if synthetic_iv is not None and not 0.0 < synthetic_iv < 5.0:  # NaN fails too
+            raise InputError(f"--synthetic-iv {synthetic_iv}: not an implied volatility",
+                             hint="a fraction between 0 and 5, e.g. 0.3 for 30%")
+        _run(settings, out, bars, topic, news, news_topic, start, end, symbols, accounts, format,
+             synthetic_iv)
 
 
 def _run(
     settings: Settings, out: Path, bars: Path | None, topic: str | None, news: Path | None,
     news_topic: str | None, start: str | None, end: str | None, symbols: str | None, accounts: str | None,
-    fmt: str,
+    fmt: str, synthetic_iv: float | None = None,
 ) -> None:
     phases = Phases()
     chosen = _accounts(settings, accounts)
@@ -364,7 +375,7 @@ def _run(
         bar_rows, n_bars, first = columns.rows(), len(columns), columns.first_ts()
     scored = load_news(settings, news_file=news, topic=news_topic)
     calendar = TradingCalendar()
-    bt = Backtester(chosen, calendar, strategy_from_settings(settings))
+    bt = Backtester(chosen, calendar, strategy_from_settings(settings), synthetic_iv=synthetic_iv)
     bt.add_news(scored)
     if first is not None:
         calendar.session(first.date())  # load the calendar before the clock starts

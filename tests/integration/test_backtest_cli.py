@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,7 +83,10 @@ def test_files_summary_and_determinism(tmp_path: Path) -> None:
     with (a / "trades.csv").open() as fh:
         trades = list(csv.DictReader(fh))
     assert_pnl_is_the_trades(summary["accounts"], trades, rows)
-    assert "data:image/png;base64," in (a / "report.html").read_text()
+    report = (a / "report.html").read_text()
+    assert "data:image/png;base64," in report
+    assert not re.search(r"(src|href)=[\"']?https?:", report), "report.html loads an asset from the network"
+    assert "buy and hold" in report and "skips by gate" in report and "P&amp;L by symbol" in report
 
 
 def assert_pnl_is_the_trades(
